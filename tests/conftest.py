@@ -1,0 +1,15 @@
+import pyro
+import pytest
+import torch
+
+# Pyro's own tests run in float64 so that tolerances can be tight; so do ours.
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_clear():
+    """Every test starts from a fixed seed and an empty param store."""
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
