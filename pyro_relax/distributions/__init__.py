@@ -1,1 +1,6 @@
-__all__ = []
+from .gumbel_sinkhorn import GumbelSinkhorn, gumbel_sinkhorn_kl
+
+__all__ = [
+    "GumbelSinkhorn",
+    "gumbel_sinkhorn_kl",
+]
