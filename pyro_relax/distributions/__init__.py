@@ -1,6 +1,13 @@
+from .birkhoff_rounding import BirkhoffRounding
+from .birkhoff_stick_breaking import BirkhoffStickBreaking, BirkhoffStickBreakingTransform
+from .constraints import doubly_stochastic
 from .gumbel_sinkhorn import GumbelSinkhorn, gumbel_sinkhorn_kl
 
 __all__ = [
+    "BirkhoffRounding",
+    "BirkhoffStickBreaking",
+    "BirkhoffStickBreakingTransform",
+    "doubly_stochastic",
     "GumbelSinkhorn",
     "gumbel_sinkhorn_kl",
 ]
