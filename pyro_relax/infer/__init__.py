@@ -1,1 +1,14 @@
-__all__ = []
+"""Drop-in ELBOs for guides with discrete latent variables."""
+
+from .arsm import ARSM_ELBO
+from .discrete_elbo import DiscreteELBO, Particle
+from .reinforce_loo import ReinforceLOO_ELBO
+from .vargrad import VarGrad_ELBO
+
+__all__ = [
+    "ARSM_ELBO",
+    "DiscreteELBO",
+    "Particle",
+    "ReinforceLOO_ELBO",
+    "VarGrad_ELBO",
+]
