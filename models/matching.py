@@ -39,7 +39,7 @@ fewer (``--num-trials``) to run in minutes on a CPU.
 
 Example::
 
-    python models/matching.py --num-trials 50 --num-steps 500
+    python models/matching.py --num-trials 50 --num-steps 300
 
 Reference:
 
@@ -84,8 +84,8 @@ PAPER_SIGMAS = (0.1, 0.25, 0.5, 0.75)
 
 #: Tuned hyper-parameters per method (see the module docstring).
 DEFAULTS = {
-    "stick-breaking": dict(temperature=(1.0, 0.1), init_scale=0.5, max_scale=1.0, eta=0.2),
-    "rounding": dict(temperature=(1.0, 0.1), init_scale=0.3, max_scale=0.5, eta=0.2),
+    "stick-breaking": dict(temperature=(0.3, 0.3), init_scale=0.5, max_scale=1.0, eta=0.25),
+    "rounding": dict(temperature=(0.8, 0.8), init_scale=0.3, max_scale=0.5, eta=0.2),
     "gumbel-sinkhorn": dict(temperature=(1.0, 0.1), prior_temperature=1.0),
 }
 
@@ -292,7 +292,7 @@ def main(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Synthetic matching (Linderman et al., 2018)")
-    parser.add_argument("--num-steps", default=500, type=int)
+    parser.add_argument("--num-steps", default=300, type=int)
     parser.add_argument("--learning-rate", default=0.1, type=float)
     parser.add_argument("--num-trials", default=50, type=int)
     parser.add_argument("--num-particles", default=8, type=int)
