@@ -97,9 +97,14 @@ class BirkhoffStickBreakingTransform(Transform):
     **Supported N** (measured: finite log-det for every one of 256 samples from
     :math:`z \sim \mathcal{N}(0, 3^2)` at :math:`\tau = 1` and from
     :math:`z \sim \mathcal{N}(0, 1)` at :math:`\tau = 0.1`): :math:`N \le 200` in both
-    float32 and float64 (the largest size tried). The forward loop costs about
-    :math:`(N-1)^2` small batched kernels: roughly 0.5 s for a batch of 64 at
-    :math:`N = 100` on one CPU thread.
+    float32 and float64 (the largest size tried). The log-det computed during the
+    forward pass is always finite; the inverse and the log-det recomputed from an output
+    alone need every output entry to be representable (> 0), which fails for
+    low-temperature or uncentered samples at large N in float32 (N = 100) and, rarely, in
+    float64 (N = 200). Cost: the forward map is about :math:`(N-1)^2` steps of ~35 small
+    batched kernels, so it is bound by per-op overhead: on one shared CPU thread, batch 64
+    at :math:`N = 100` took 1-2 s forward and ~15 s backward. The map is meant for
+    moderate N; for N in the hundreds prefer rounding or Gumbel-Sinkhorn.
 
     Reference:
 
