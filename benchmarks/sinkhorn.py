@@ -110,7 +110,7 @@ def main(args):
         f"dtype={args.dtype} batch={args.batch} iters={args.iters} "
         f"repeats={args.repeats} (median ms)"
     )
-    print(f"{'N':>5} {'method':<34} {'ms':>10} {'x log_sinkhorn':>15} {'max |diff|':>11}")
+    print(f"{'N':>5} {'method':<34} {'ms':>10} {'ratio':>15} {'max |diff|':>11}")
     rows = []
     for n in args.n:
         x = torch.randn(args.batch, n, n, device=device, dtype=dtype)
@@ -139,7 +139,7 @@ def main(args):
                 f"{n:>5} {name:<34} {ms:>10.2f} {ms / ms_ours:>15.2f} "
                 f"{'same' if same else 'DIFFERENT':>11}"
             )
-    print("# ratio column: time / time of the first method of the group")
+    print("# ratio: time / time of the first method of its group (log_sinkhorn, matching)")
     return rows
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .sinkhorn import _check_no_nan, _check_square, _mask_neginf
+from .sinkhorn import _check_and_mask, _check_square
 
 __all__ = ["matching"]
 
@@ -38,15 +38,15 @@ def matching(log_alpha):
         ``log_alpha``; ``P[..., i, j] = 1`` iff row ``i`` is assigned to column ``j``.
     :rtype: torch.Tensor
     :raises ValueError: if ``log_alpha`` is not square in its last two dims or contains
-        NaN.
+        NaN or ``+inf``.
     """
     _check_square("log_alpha", log_alpha)
-    _check_no_nan("log_alpha", log_alpha)
-    if torch.isposinf(log_alpha).any():
-        raise ValueError("log_alpha contains +inf")
     n = log_alpha.size(-1)
-    scores = _mask_neginf(log_alpha.detach())
-    flat = scores.reshape(-1, n, n).to(device="cpu", dtype=torch.float64).numpy()
+    scores = _check_and_mask("log_alpha", log_alpha.detach(), allow_posinf=False)
+    scores = scores.reshape(-1, n, n).cpu()
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.double()
+    flat = scores.numpy()  # scipy converts each matrix to float64 itself
     cols = np.empty(flat.shape[:2], dtype=np.int64)
     for b in range(flat.shape[0]):
         _, cols[b] = linear_sum_assignment(flat[b], maximize=True)
