@@ -60,7 +60,7 @@ def scramble(pieces, generator=None):
     Shuffle the pieces of each puzzle independently.
 
     :returns: ``(scrambled, perm)`` where ``scrambled = perm @ pieces``: the permutation
-        matrix ``perm[b, i, j] = 1`` iff scrambled piece ``i`` belongs to position ``j``.
+        matrix ``perm[b, i, j] = 1`` iff scrambled piece ``i`` belongs at position ``j``.
     """
     b, n = pieces.shape[:2]
     keys = torch.rand(b, n, generator=generator).to(pieces.device)

@@ -5,8 +5,8 @@ This is the number-sorting experiment of Mena et al. (2018, Sec. 6.1, Table 1). 
 the ``N`` numbers of a sequence drawn uniformly from ``[0, 1]`` goes through the same
 small network (fully connected 1-32-N, ReLU) that outputs one row of ``log_alpha``; the
 relaxed permutation ``S ~ GumbelSinkhorn(log_alpha, temperature)`` soft-permutes the
-input, and the loss is the squared error between ``S^T x`` and the sorted ``x``. Held-out
-sequences are evaluated without noise with the hard matching of ``log_alpha``: the
+input, and the loss is the squared error between ``S^T x`` and the sorted ``x``.
+Held-out sequences are evaluated without noise with the hard matching of ``log_alpha``: the
 proportion of wrongly placed numbers, the proportion of sequences with any error, and
 Kendall's tau between the predicted and the true ranking.
 

@@ -26,13 +26,13 @@ class GumbelSinkhorn(TorchDistribution):
         X = (\log\alpha + G) / \tau, \qquad S = \exp(\mathrm{log\_sinkhorn}(X)).
 
     ``rsample`` returns :math:`S`, a doubly stochastic matrix (up to ``num_iters``),
-    reparametrized in ``log_alpha`` and ``temperature``. As :math:`\tau \to 0`, :math:`S`
-    tends to the hard matching of :math:`X`, a sample of the Gumbel-Matching
+    reparametrized in ``log_alpha`` and ``temperature``. As :math:`\tau \to 0`,
+    :math:`S` tends to the hard matching of :math:`X`, a sample of the Gumbel-Matching
     distribution.
 
     **Straight-through samples.** With ``hard=True`` the forward value is the exact
-    permutation matrix :func:`~pyro_relax.ops.matching` of :math:`X` (the same as that of
-    :math:`S`, because Sinkhorn only adds row and column offsets to :math:`X`), and the
+    permutation matrix :func:`~pyro_relax.ops.matching` of :math:`X` (the same as that
+    of :math:`S`, because Sinkhorn only adds row and column offsets to :math:`X`), and the
     backward pass uses the gradient of the relaxed :math:`S`:
     ``value = P + S - S.detach()``, as in
     :class:`~pyro.distributions.RelaxedOneHotCategoricalStraightThrough`.
@@ -41,9 +41,9 @@ class GumbelSinkhorn(TorchDistribution):
     of latent permutation models in Mena et al. (2018, Sec. 5 and appendix), the sample
     space used by :meth:`log_prob` is the perturbed matrix :math:`X` *before* Sinkhorn,
     whose entries are independent
-    :math:`\mathrm{Gumbel}(\text{loc}=\log\alpha_{ij}/\tau,\ \text{scale}=1/\tau)`. Every
-    value returned by :meth:`rsample` carries the :math:`X` it came from as the attribute
-    ``value._perturbed`` (just as Pyro's straight-through distributions carry
+    :math:`\mathrm{Gumbel}(\text{loc}=\log\alpha_{ij}/\tau,\ \text{scale}=1/\tau)`.
+    Every value returned by :meth:`rsample` carries the :math:`X` it came from as the
+    attribute ``value._perturbed`` (just as Pyro's straight-through distributions carry
     ``_unquantize``), and ``log_prob(value)`` is the Gumbel log-density of
     ``value._perturbed``, summed over the ``N x N`` event. Hence in
     :class:`~pyro.infer.Trace_ELBO`, with this distribution as a guide site and a prior
@@ -96,7 +96,7 @@ class GumbelSinkhorn(TorchDistribution):
         elif not torch.is_tensor(temperature):
             raise ValueError("temperature must be a positive number or tensor")
         elif not (temperature > 0).all():
-            raise ValueError("temperature must be > 0 (got a non-positive or NaN entry)")
+            raise ValueError("temperature must be > 0 (got a non-positive or NaN value)")
         if not isinstance(num_iters, int) or num_iters < 1:
             raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}")
         batch_shape = torch.broadcast_shapes(log_alpha.shape[:-2], temperature.shape)
@@ -132,12 +132,12 @@ class GumbelSinkhorn(TorchDistribution):
 
     @property
     def scale(self):
-        """Scale ``1 / temperature`` of the Gumbel entries of :math:`X` (batch shape)."""
+        """Scale ``1 / temperature`` of the Gumbel entries of :math:`X`."""
         return self.temperature.reciprocal()
 
     def perturb(self, sample_shape=torch.Size()):
         """
-        Draw the perturbed matrix :math:`X = (\\log\\alpha + G) / \\tau` (reparametrized).
+        Draw the perturbed matrix :math:`X = (\\log\\alpha + G) / \\tau`, reparametrized.
 
         :param torch.Size sample_shape: leading sample shape.
         :returns: a tensor of shape ``sample_shape + batch_shape + (N, N)``.

@@ -12,8 +12,8 @@ __all__ = ["matching"]
 def matching(log_alpha):
     r"""
     Hard permutation matrices :math:`P` maximizing :math:`\langle P, \alpha\rangle =
-    \sum_{ij} P_{ij}\,\alpha_{ij}` for each matrix in a batch: the zero-temperature limit
-    of the Sinkhorn operator (Mena et al., 2018, Theorem 1), solved exactly with the
+    \sum_{ij} P_{ij}\,\alpha_{ij}` for each matrix in a batch: the zero-temperature
+    limit of the Sinkhorn operator (Mena et al., 2018, Theorem 1), solved exactly with the
     Hungarian-type algorithm :func:`scipy.optimize.linear_sum_assignment`. Leading
     dimensions are flattened and the matrices solved one after another; the result is
     not differentiable (it carries no gradient).
@@ -24,8 +24,8 @@ def matching(log_alpha):
     ``N = 1000`` matrices, so we choose scipy on every device.
 
     **Masking.** Encode forbidden entries by a large finite negative value such as
-    :data:`~pyro_relax.ops.sinkhorn.MASK_VALUE` (``-1e9``); ``-inf`` entries are replaced
-    by it, so an infeasible mask (e.g. a fully masked row) still returns a permutation
+    :data:`~pyro_relax.ops.sinkhorn.MASK_VALUE` (``-1e9``); ``-inf`` entries are
+    replaced by it, so an infeasible mask (e.g. a fully masked row) still returns a permutation
     instead of raising.
 
     Reference:

@@ -52,19 +52,19 @@ def log_sinkhorn(log_alpha, num_iters=20, tol=None):
     r"""
     Sinkhorn normalization in log space: alternately subtract the row and the column
     ``logsumexp`` from ``log_alpha``, so that :math:`\exp` of the result approaches a
-    doubly stochastic matrix (Sinkhorn, 1964). Each iteration is one row step followed by
-    one column step, so the columns of the result sum to one exactly and the rows
+    doubly stochastic matrix (Sinkhorn, 1964). Each iteration is one row step followed
+    by one column step, so the columns of the result sum to one exactly and the rows
     approximately. Batched over all leading dimensions (on CPU, large batches are
     processed in chunks of about a million entries; each step is a fused
     :func:`torch.log_softmax`).
 
     The result is ``log_alpha + r[..., :, None] + c[..., None, :]`` for some row and
     column offsets, hence its hard :func:`~pyro_relax.ops.matching` equals that of
-    ``log_alpha``; as ``num_iters`` grows, ``exp(log_sinkhorn(log_alpha / tau))`` tends to
-    that matching when ``tau -> 0`` (Mena et al., 2018, Theorem 1).
+    ``log_alpha``; as ``num_iters`` grows, ``exp(log_sinkhorn(log_alpha / tau))`` tends
+    to that matching when ``tau -> 0`` (Mena et al., 2018, Theorem 1).
 
-    **Masking.** Encode a forbidden entry ``(i, j)`` by a large finite negative value such
-    as :data:`MASK_VALUE` (``-1e9``), not ``-inf``: an all-``-inf`` row would give
+    **Masking.** Encode a forbidden entry ``(i, j)`` by a large finite negative value
+    such as :data:`MASK_VALUE` (``-1e9``), not ``-inf``: an all-``-inf`` row would give
     ``nan``. ``-inf`` entries are replaced by :data:`MASK_VALUE` here for safety; their
     gradient is zero.
 

@@ -49,7 +49,8 @@ def test_hard_is_scipy_matching_with_relaxed_gradient():
     assert torch.equal(hard._perturbed, soft._perturbed)
     assert _is_permutation(hard)
     for b in range(4):
-        _, cols = linear_sum_assignment(hard._perturbed[b].detach().numpy(), maximize=True)
+        scores = hard._perturbed[b].detach().numpy()
+        _, cols = linear_sum_assignment(scores, maximize=True)
         assert torch.equal(hard[b].argmax(-1), torch.from_numpy(cols))
     w = torch.randn(4, 6, 6)
     (g_hard,) = torch.autograd.grad((hard * w).sum(), log_alpha)
@@ -79,7 +80,8 @@ def test_gradients_flow_to_parameters():
 
 
 def test_masking_no_nan():
-    log_alpha = torch.randn(5, 5).masked_fill(torch.eye(5, dtype=torch.bool), MASK_VALUE)
+    diagonal = torch.eye(5, dtype=torch.bool)
+    log_alpha = torch.randn(5, 5).masked_fill(diagonal, MASK_VALUE)
     log_alpha[0, :] = MASK_VALUE  # a fully masked row
     d = GumbelSinkhorn(log_alpha.requires_grad_(), 0.1, hard=True)
     x = d.rsample((10,))
@@ -149,7 +151,8 @@ def test_errors(log_alpha, temperature, match):
 def _model(x, y, tau0):
     n = x.size(-1)
     with pyro.plate("data", x.size(0)):
-        perm = pyro.sample("perm", GumbelSinkhorn(x.new_zeros(n, n), tau0, num_iters=10))
+        prior = GumbelSinkhorn(x.new_zeros(n, n), tau0, num_iters=10)
+        perm = pyro.sample("perm", prior)
         mean = (perm.transpose(-1, -2) @ x.unsqueeze(-1)).squeeze(-1)
         pyro.sample("y", dist.Normal(mean, 0.05).to_event(1), obs=y)
 

@@ -62,7 +62,8 @@ def test_load_fashion_mnist_from_path(tmp_path):
 
 def test_load_fashion_mnist_not_found(tmp_path, monkeypatch):
     monkeypatch.setattr("models.data.DEFAULT_PATHS", ())
-    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+    message = "apt-get install -y dataset-fashion-mnist"
+    with pytest.raises(FileNotFoundError, match=message):
         load_fashion_mnist(str(tmp_path))
 
 
@@ -80,8 +81,8 @@ def test_pieces_scramble_unscramble(k):
 def test_jigsaw_smoke(tmp_path, capsys):
     _write_dataset(tmp_path, 256, 64)
     args = make_parser().parse_args(
-        ["--data-path", str(tmp_path), "--grid", "2", "--num-steps", "60",
-         "--batch-size", "16", "--threads", "1"]
+        ["--data-path", str(tmp_path), "--grid", "2", "--num-steps", "60"]
+        + ["--batch-size", "16", "--threads", "1"]
     )
     (row,) = main(args)
     # random placement gets 1/4 of the pieces right and solves 1/24 of the puzzles

@@ -28,7 +28,8 @@ def _is_permutation(p):
 def test_brute_force_optimum():
     x = torch.randn(5, 5)
     best = max(
-        itertools.permutations(range(5)), key=lambda s: sum(x[i, s[i]] for i in range(5))
+        itertools.permutations(range(5)),
+        key=lambda s: sum(x[i, s[i]] for i in range(5)),
     )
     p = matching(x)
     assert _is_permutation(p)
