@@ -136,6 +136,8 @@ class DiscreteELBO(ELBO):
             retain_graph=retain_graph,
         )
         self._independence_checked = weakref.WeakKeyDictionary()
+        #: model evaluations so far, counted per particle (a diagnostic for benchmarks)
+        self.num_model_evaluations = 0
 
     # ------------------------------------------------------------------ extension points
     def _sample_site(self, name: str, fn) -> Optional[tuple]:
@@ -161,6 +163,7 @@ class DiscreteELBO(ELBO):
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+        _check_plate_sizes(model_trace, guide_trace)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         pruned_guide = prune_subsample_sites(guide_trace)
@@ -173,6 +176,7 @@ class DiscreteELBO(ELBO):
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
         vectorized = self.vectorize_particles and self.num_particles > 1
+        self.num_model_evaluations += self.num_particles if vectorized else 1
         return Particle(
             model_trace,
             pruned_guide,
@@ -186,8 +190,6 @@ class DiscreteELBO(ELBO):
         )
 
     def _particles(self, model, guide, args, kwargs) -> List[Particle]:
-        if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
         return list(self._get_traces(model, guide, args, kwargs))
 
     @property
@@ -198,7 +200,7 @@ class DiscreteELBO(ELBO):
         """Lays out one tensor per :class:`Particle` as a single tensor with the particle
         dimension first, whether the particles were vectorized or run in sequence."""
         if len(particles) == 1 and particles[0].num_particles > 1:
-            (x,) = tensors
+            (x,) = tensors  # vectorized: max_plate_nesting is known
             return left_pad(x, self.max_plate_nesting).movedim(self._particle_dim, 0)
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
@@ -229,6 +231,11 @@ class DiscreteELBO(ELBO):
         :param names: sites to return signals for.
         :param bool grad: keep the autograd graph (RELAX) or not (ARM, ARSM).
         """
+        if self.max_plate_nesting == float("inf"):
+            raise ValueError(
+                "max_plate_nesting: must be known to re-evaluate the model; call "
+                "_guess_max_plate_nesting first or pass max_plate_nesting"
+            )
         rank = self.max_plate_nesting + 1
         num_rows = next(iter(values.values())).shape[0]
         replay = particle.replay_trace.copy()
@@ -241,6 +248,7 @@ class DiscreteELBO(ELBO):
             replay.nodes[name] = dict(
                 replay.nodes[name], value=value.reshape((num_rows,) + batch + event)
             )
+        self.num_model_evaluations += num_rows * particle.num_particles
         rows_model = pyro.plate("_pyro_relax_rows", num_rows, dim=-rank)(particle.model)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             model_trace = poutine.trace(poutine.replay(rows_model, trace=replay)).get_trace(
@@ -377,6 +385,21 @@ class DiscreteELBO(ELBO):
                 if not is_identically_zero(entropy_term):
                     surrogate = surrogate - entropy_term.sum()
         return surrogate
+
+
+def _check_plate_sizes(model_trace, guide_trace):
+    """A plate shared by model and guide must have one size; otherwise Pyro would silently
+    replay the guide's indices as a subsample of the model's plate."""
+    for name, site in model_trace.nodes.items():
+        if not site_is_subsample(site) or name not in guide_trace.nodes:
+            continue
+        model_size = site["fn"].size
+        guide_size = guide_trace.nodes[name]["fn"].size
+        if model_size != guide_size:
+            raise ValueError(
+                "plate '{}' has size {} in the model but {} in the guide; model and guide "
+                "must use the same plates (name and size)".format(name, model_size, guide_size)
+            )
 
 
 def _compute_log_probs(model_trace, guide_trace):
