@@ -210,7 +210,7 @@ def make_parser():
                         help="directory with the Fashion-MNIST idx(.gz) files")
     parser.add_argument("--num-train", type=int, default=60000)
     parser.add_argument("--num-test", type=int, default=10000)
-    parser.add_argument("--num-steps", type=int, default=1000)
+    parser.add_argument("--num-steps", type=int, default=6000)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-samples", type=int, default=1,
