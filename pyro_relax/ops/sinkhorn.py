@@ -35,9 +35,11 @@ def _check_no_nan(name, x):
 def _check_and_mask(name, x, allow_posinf=True):
     """
     Raise on NaN (and on ``+inf`` unless allowed) and replace ``-inf`` entries by the
-    finite :data:`MASK_VALUE` (see its note). One pass when everything is finite.
+    finite :data:`MASK_VALUE` (see its note). One reduction when everything is finite:
+    a NaN or infinite entry makes the sum non-finite (an overflowing sum of finite
+    entries only falls through to the exact checks below).
     """
-    if bool(torch.isfinite(x).all()):
+    if bool(torch.isfinite(x.sum())):
         return x
     _check_no_nan(name, x)
     if not allow_posinf and torch.isposinf(x).any():
