@@ -145,25 +145,25 @@ class ARSM_ELBO(DiscreteELBO):
             offset += size
 
         # Score only the distinct rows that differ from the sample, in one batched model run.
-        flat = [rows[n].reshape(num_rows, -1) for n in names]
-        key = torch.cat([x.to(torch.float64) for x in flat], -1)
-        base_key = torch.cat([nodes[n]["value"].reshape(1, -1).to(torch.float64) for n in names], -1)
+        # Rows are compared as integer keys (0/1 or category indices), exact on any device.
+        flat = [rows[n].reshape(num_rows, -1).long() for n in names]
+        key = torch.cat(flat, -1)
+        base_key = torch.cat([nodes[n]["value"].reshape(1, -1).long() for n in names], -1)
         todo = (key != base_key).any(-1).nonzero().squeeze(-1)
         rank = self.max_plate_nesting
-        signals = {n: left_pad(base[n], rank).unsqueeze(0).expand((num_rows, *left_pad(base[n], rank).shape)) for n in names}
+        base = {n: left_pad(base[n], rank) for n in names}
+        signals = {n: base[n].expand((num_rows,) + base[n].shape) for n in names}
         if len(todo):
             unique, inverse = torch.unique(key[todo], dim=0, return_inverse=True)
-            values, start = {}, 0
-            for n, x in zip(names, flat):
-                width = x.shape[1]
+            values = dict(zip(names, unique.split([x.shape[1] for x in flat], -1)))
+            for n in names:
                 value = nodes[n]["value"]
-                values[n] = unique[:, start : start + width].to(value.dtype).reshape((-1,) + value.shape)
-                start += width
+                values[n] = values[n].to(value.dtype).reshape((-1,) + value.shape)
             evaluated = self._evaluate(p, values, names)
             for n in names:
-                b, e = left_pad(base[n], rank), evaluated[n]
-                cell = torch.broadcast_shapes(b.shape, e.shape[1:])
-                full = b.expand(cell).unsqueeze(0).repeat((num_rows,) + (1,) * len(cell))
+                e = evaluated[n]
+                cell = torch.broadcast_shapes(base[n].shape, e.shape[1:])
+                full = base[n].expand((num_rows,) + cell).clone()
                 full[todo] = e.expand((e.shape[0],) + cell)[inverse]
                 signals[n] = full
 
@@ -173,11 +173,12 @@ class ARSM_ELBO(DiscreteELBO):
             info, site = infos[n], nodes[n]
             f_alt = signals[n][offset : offset + size]
             offset += size
-            f_base = left_pad(base[n], rank)
             if info.kind == "bernoulli":
-                g = self._bernoulli_grad(info, site["value"], alts[n][0], p.noise[n], f_base - f_alt[0])
+                g = self._bernoulli_grad(
+                    info, site["value"], alts[n][0], p.noise[n], base[n] - f_alt[0]
+                )
             else:
-                g = self._categorical_grad(info, f_base, f_alt, p.noise[n])
+                g = self._categorical_grad(info, base[n], f_alt, p.noise[n])
             surrogate = surrogate + (g.detach() * info.logits).sum()
         return surrogate
 
@@ -186,7 +187,8 @@ class ARSM_ELBO(DiscreteELBO):
         if self.bernoulli == "arm":
             return diff * (u - 0.5)
         sign = 1.0 - 2.0 * b_twin
-        return 0.5 * diff * sign * (b != b_twin).to(diff.dtype) * torch.sigmoid(info.logits.detach().abs())
+        differ = (b != b_twin).to(diff.dtype)
+        return 0.5 * diff * sign * differ * torch.sigmoid(info.logits.detach().abs())
 
     @staticmethod
     def _categorical_grad(info, f_base, f_pairs, pi):

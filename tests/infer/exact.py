@@ -96,6 +96,12 @@ def exact_loss(model, guide, *args, **kwargs):
     return -total
 
 
+def init_params(model, guide, *args, **kwargs):
+    """Runs guide and model once (traced, so observed sites raise no warning) to create params."""
+    poutine.trace(guide).get_trace(*args, **kwargs)
+    poutine.trace(model).get_trace(*args, **kwargs)
+
+
 def param_leaves():
     return dict(pyro.get_param_store().named_parameters())
 
@@ -131,8 +137,7 @@ def check_unbiased(elbo, model, guide, num_samples, *args, num_se=4.0, **kwargs)
         matters only for estimators with zero variance).
     """
     # Create the parameters first so the oracle and the estimator see the same leaves.
-    guide(*args, **kwargs)
-    model(*args, **kwargs)
+    init_params(model, guide, *args, **kwargs)
     exact = exact_grads(model, guide, *args, **kwargs)
     draws = estimated_grads(elbo, model, guide, num_samples, *args, **kwargs)
     ok, lines = True, []

@@ -13,7 +13,7 @@ from torch.distributions import constraints
 from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 from . import cases
-from .exact import param_leaves
+from .exact import init_params, param_leaves
 
 ELBOS = {
     "loo": lambda: ReinforceLOO_ELBO(num_particles=4, vectorize_particles=True),
@@ -60,7 +60,7 @@ def test_svi_trains_a_user_model(name):
 @pytest.mark.parametrize("case", ["plate_bernoulli", "mixed", "two_sites"])
 def test_differentiable_loss_matches_loss_and_grads(name, case):
     model, guide, args = cases.ALL[case]()
-    guide(*args), model(*args)
+    init_params(model, guide, *args)
     params = param_leaves()
     elbo = ELBOS[name]()
     elbo.loss_and_grads(model, guide, *args)  # warm up: guesses max_plate_nesting, checks guide
@@ -81,7 +81,7 @@ def test_differentiable_loss_matches_loss_and_grads(name, case):
 
 def test_elbo_module_interface():
     model, guide, args = cases.plate_bernoulli()
-    guide(*args), model(*args)
+    init_params(model, guide, *args)
     module = ReinforceLOO_ELBO(num_particles=2)(model, guide)
     loss = module(*args)
     assert loss.requires_grad and loss.dim() == 0
@@ -119,7 +119,7 @@ def _continuous_case():
 )
 def test_no_discrete_site_reduces_to_trace_elbo(ours, theirs):
     model, guide, args = _continuous_case()
-    guide(*args), model(*args)
+    init_params(model, guide, *args)
     params = param_leaves()
     results = []
     for make in (ours, theirs):
@@ -139,7 +139,7 @@ def test_vargrad_is_the_gradient_of_half_the_log_ratio_variance():
     0.5 * sample-variance(log q - log p) at the same samples, and the model gradient is
     -mean grad log p."""
     model, guide, args = cases.vector_bernoulli()
-    guide(), model()
+    init_params(model, guide)
     params = param_leaves()
     num_particles = 5
 
@@ -167,7 +167,7 @@ def test_vargrad_is_the_gradient_of_half_the_log_ratio_variance():
 def test_loss_is_negative_elbo_estimate():
     """``loss`` averages log q - log p over particles; with a point-mass-like guide it is exact."""
     model, guide, args = cases.categorical()
-    guide(), model()
+    init_params(model, guide)
     with torch.no_grad():
         pyro.param("phi").unconstrained().copy_(torch.tensor([40.0, 0.0, 0.0, 0.0, 0.0]))
     mu0 = pyro.param("mu")[0].item()
