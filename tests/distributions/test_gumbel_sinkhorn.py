@@ -11,15 +11,6 @@ from pyro_relax.distributions import GumbelSinkhorn, gumbel_sinkhorn_kl
 from pyro_relax.ops import MASK_VALUE, matching
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # the test machine is shared: intra-op threads only add contention here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _is_permutation(p):
     ones = torch.ones(p.shape[:-1], dtype=p.dtype)
     return (

@@ -9,15 +9,6 @@ from models.data import load_fashion_mnist, read_idx
 from models.jigsaw import main, make_parser, scramble, to_pieces, unscramble
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # the test machine is shared: intra-op threads only add contention here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_idx(path, array, compress=True):
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
     header += struct.pack(">" + "I" * array.ndim, *array.shape)

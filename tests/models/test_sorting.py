@@ -4,15 +4,6 @@ import torch
 from models.sorting import kendall_tau, main, make_parser
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # the test machine is shared: intra-op threads only add contention here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_kendall_tau():
     rank = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     assert kendall_tau(rank, rank).item() == pytest.approx(1.0)

@@ -1,7 +1,5 @@
 """The toy problems: their closed-form gradients, and ARSM tracking exact gradient ascent."""
 
-import argparse
-
 import pyro
 import pytest
 import torch
@@ -9,14 +7,12 @@ import torch
 from models import toys
 from tests.infer.exact import exact_grads
 
-
 def test_bernoulli_toy_exact_gradient_matches_enumeration():
     model, guide = toys.bernoulli_toy(0.499)
     guide()
     grads = exact_grads(model, guide)
     assert grads["theta"].item() == pytest.approx(0.25 * (1 - 2 * 0.499), rel=1e-12)
     assert toys.bernoulli_exact_grad(0.0).item() == pytest.approx(0.25 * (1 - 2 * 0.499), rel=1e-12)
-
 
 def test_categorical_toy_exact_gradient_matches_enumeration():
     model, guide = toys.categorical_toy(num_categories=5, R=5)
@@ -26,7 +22,6 @@ def test_categorical_toy_exact_gradient_matches_enumeration():
     grads = exact_grads(model, guide)
     expected = -toys.categorical_exact_grad(pyro.param("phi").detach(), R=5)  # loss = -E[f]
     assert torch.allclose(grads["phi"], expected, rtol=1e-10, atol=1e-14)
-
 
 def test_arsm_tracks_exact_ascent_on_the_categorical_toy():
     """After 400 steps of SGD with step 1, ARSM's probability of the best category is within
@@ -39,7 +34,6 @@ def test_arsm_tracks_exact_ascent_on_the_categorical_toy():
     assert moved > 0.005
     assert abs(arsm - exact) < 0.1 * moved, (arsm, exact)
     assert abs(reinforce - exact) > 0.1 * moved, (reinforce, exact)
-
 
 def test_cli_main_runs():
     args = toys.make_parser().parse_args(

@@ -7,15 +7,6 @@ from scipy.optimize import linear_sum_assignment
 from pyro_relax.ops import MASK_VALUE, matching
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # the test machine is shared: intra-op threads only add contention here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _is_permutation(p):
     ones = torch.ones(p.shape[:-1], dtype=p.dtype)
     return (

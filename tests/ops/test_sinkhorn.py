@@ -4,15 +4,6 @@ import torch
 from pyro_relax.ops import MASK_VALUE, log_sinkhorn, matching
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # the test machine is shared: intra-op threads only add contention here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _marginal_errors(log_p):
     p = log_p.exp()
     return (p.sum(-1) - 1).abs().max().item(), (p.sum(-2) - 1).abs().max().item()
