@@ -14,7 +14,7 @@ from pyro_relax.distributions import (
     BirkhoffStickBreakingTransform,
     doubly_stochastic,
 )
-from pyro_relax.ops import matching
+from pyro_relax.ops import log_sinkhorn, matching
 
 
 def assert_doubly_stochastic(x, atol=1e-4):
@@ -289,3 +289,27 @@ def test_rounding_bad_args():
         BirkhoffRounding(torch.rand(3, 3), 0.3, temperature=1.5)
     with pytest.raises(ValueError, match="value"):
         BirkhoffRounding(torch.rand(3, 3), 0.3).log_prob(torch.full((3, 3), float("nan")))
+
+
+def test_rounding_svi_with_plate():
+    target = torch.eye(3)[[2, 0, 1]]
+
+    def model():
+        with pyro.plate("items", 2):
+            x = pyro.sample("x", dist.Normal(torch.full((3, 3), 1 / 3), 1.0).to_event(2))
+            pyro.sample("obs", dist.Normal(x, 0.1).to_event(2), obs=target.expand(2, 3, 3))
+
+    def guide():
+        free = pyro.param("free", torch.zeros(2, 3, 3))
+        scale = pyro.param("scale", torch.full((2, 3, 3), 0.3), constraint=dist.constraints.positive)
+        with pyro.plate("items", 2):
+            pyro.sample("x", BirkhoffRounding(log_sinkhorn(free, 10).exp(), scale, temperature=0.5))
+
+    svi = SVI(model, guide, Adam({"lr": 0.1}), Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1))
+    first = sum(svi.step() for _ in range(10)) / 10
+    for _ in range(150):
+        svi.step()
+    last = sum(svi.step() for _ in range(10)) / 10
+    assert last < first
+    loc = log_sinkhorn(pyro.param("free"), 10).exp()
+    assert (matching(loc.log()) == target).all()
