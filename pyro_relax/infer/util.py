@@ -70,10 +70,11 @@ def learning_signals(
     guide_log_probs = guide_log_probs or {}
     stacks = get_plate_stacks(model_trace)
     terms = MultiFrameTensor()
+    reference = None
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
-        log_r = site["log_prob"]
+        log_r = reference = site["log_prob"]
         if not site["is_observed"]:
             log_q = guide_log_probs.get(name)
             if log_q is None:
@@ -87,8 +88,8 @@ def learning_signals(
     out = {}
     for name in names:
         value = terms.sum_to(stacks[name])
-        if not torch.is_tensor(value):
-            value = torch.zeros(())
+        if not torch.is_tensor(value):  # no terms at all: a zero on the traces' device
+            value = reference.new_zeros(()) if reference is not None else torch.zeros(())
         if detach:
             value = value.detach()
         out[name] = value if rank is None else left_pad(value, rank)

@@ -177,3 +177,34 @@ def test_loss_is_negative_elbo_estimate():
     for elbo in [ReinforceLOO_ELBO(num_particles=3), VarGrad_ELBO(num_particles=2), ARSM_ELBO()]:
         assert elbo.loss(model, guide) == pytest.approx(expected, abs=1e-6)
         assert elbo.loss_and_grads(model, guide) == pytest.approx(expected, abs=1e-6)
+
+
+def _subsample_size_case():
+    data = torch.tensor([0.5, -1.0, 2.0, 1.0, 0.3, -0.7])
+
+    def model(data):
+        w = pyro.param("w", torch.tensor(1.2))
+        with pyro.plate("data", len(data), subsample_size=3) as i:
+            z = pyro.sample("z", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(z * w, 1.0), obs=data[i])
+
+    def guide(data):
+        enc = pyro.param("enc", torch.zeros(len(data), 3))
+        with pyro.plate("data", len(data), subsample_size=3) as i:
+            pyro.sample("z", dist.Categorical(logits=enc[i]))
+
+    return model, guide, (data,)
+
+
+@pytest.mark.parametrize("name", sorted(ELBOS))
+def test_random_subsample_size_runs_and_only_touches_the_minibatch(name):
+    model, guide, args = _subsample_size_case()
+    init_params(model, guide, *args)
+    elbo = ELBOS[name]()
+    for _ in range(5):
+        enc = param_leaves()["enc"]
+        enc.grad = None
+        loss = elbo.loss_and_grads(model, guide, *args)
+        assert isinstance(loss, float) and loss == loss
+        touched = (enc.grad.abs().sum(-1) > 0).sum().item()
+        assert touched <= 3, "only the 3 subsampled rows get a gradient"
