@@ -1,0 +1,144 @@
+"""
+Smoke tests of the tutorial notebooks, as Pyro's ``tests/test_examples.py`` does for its
+examples: every notebook in ``tutorials/`` is executed with nbclient with the environment
+variable ``CI`` set, so that it runs its ``smoke_test`` sizes.
+
+The kernel is the interpreter running pytest: a temporary kernelspec named ``python3``
+pointing at ``sys.executable`` is put first on ``JUPYTER_PATH``, so a fresh virtual
+environment (``pip install -e ".[test]"``) needs no ``ipykernel install``, and a
+``python3`` kernelspec of another interpreter in the user's Jupyter folders is not used.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+TIMEOUT = 600
+MAX_NOTEBOOK_BYTES = 2_000_000
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """A ``python3`` kernelspec for this interpreter, and the smoke-test environment."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (pyro-relax tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("CI", "1")  # smoke_test = "CI" in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # ipykernel then picks the inline backend
+    return "python3"
+
+
+def execute(path, kernel_name):
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=TIMEOUT,
+        kernel_name=kernel_name,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()  # raises nbclient.exceptions.CellExecutionError on any error
+    return nb
+
+
+def images(cell):
+    return [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+
+
+def text(cell):
+    parts = []
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "stream":
+            parts.append(o["text"])
+        elif "text/plain" in o.get("data", {}):
+            parts.append(o["data"]["text/plain"])
+    return "".join(parts)
+
+
+def tagged(nb, tag):
+    cells = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"expected one cell tagged {tag!r}, found {len(cells)}"
+    return cells[0]
+
+
+def test_tutorials_exist():
+    assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_notebook_has_outputs(path):
+    """Notebooks are committed executed (with figures) and small."""
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.get("execution_count") for c in code), "run all cells before committing"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert sum(len(images(c)) for c in code) >= 1
+    assert "smoke test: False" in text(code[0]), "commit the full (non-smoke) run"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_tutorial_runs(path, kernel_env):
+    nb = execute(path, kernel_env)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code)
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert sum(len(images(c)) for c in code) >= 1, "the notebook drew no figure"
+    if path.name == "permutations.ipynb":
+        check_permutations(nb)
+
+
+def check_permutations(nb):
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert "smoke test: True" in text(first_code)
+
+    # 1. Sinkhorn: four heat maps; after 20 iterations rows and columns sum to one
+    cell = tagged(nb, "sinkhorn-sums")
+    assert len(images(cell)) == 1
+    rows = {int(line.split()[0]): [float(v) for v in line.split()[1:]]
+            for line in text(cell).splitlines()[1:] if line.strip()}
+    assert set(rows) == {0, 1, 5, 20}
+    assert max(rows[20]) < 1e-3 and rows[1][0] > rows[5][0] > rows[20][0]
+
+    # zero-temperature limit: the tau = 0.05 sample is close to the matching
+    cell = tagged(nb, "gumbel-temperatures")
+    assert len(images(cell)) == 1
+    errs = [float(line.split("=")[-1]) for line in text(cell).splitlines() if "tau =" in line]
+    assert len(errs) == 3 and errs[-1] < 0.05 and errs[0] > errs[-1]
+
+    # 2. sorting: metrics printed, in range, and a heat map
+    out = text(tagged(nb, "sorting-metrics"))
+    tau = float(out.split("Kendall tau:")[1].split()[0])
+    wrong = float(out.split("wrongly placed:")[1].split()[0])
+    assert -1 <= tau <= 1 and 0 <= wrong <= 1
+    assert len(images(tagged(nb, "sorting-heatmap"))) == 1
+
+    # 3. matching: one Bhattacharyya distance per method, plots of the posteriors
+    out = text(tagged(nb, "matching-bd"))
+    bds = [float(line.split("=")[-1]) for line in out.splitlines() if "Bhattacharyya" in line]
+    assert len(bds) == 3 and all(0 <= bd <= 1 for bd in bds)
+    for tag in ("matching-problem", "matching-bars", "matching-means"):
+        assert len(images(tagged(nb, tag))) == 1, tag
+
+    # 4. SVI with a GumbelSinkhorn guide in a plate: three inferred permutations
+    out = text(tagged(nb, "svi-example"))
+    assert "true permutations:" in out and "inferred (matching):" in out
+    losses = out.split("ELBO loss: first")[1].split("\n")[0]
+    first, last = (float(v) for v in losses.replace(", last", "").split())
+    assert last < first
