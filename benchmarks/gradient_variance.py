@@ -148,8 +148,9 @@ def main(args):
         "ARM": lambda: ARSM_ELBO(max_plate_nesting=0),
         "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
     }
-    run_problem("1. Bernoulli toy E[(b - 0.499)^2] at p = 0.5 (exact gradient 5.0e-04)",
-                bernoulli_setup(device), bern, args.num_samples, args.calls, args.repeats)
+    if "bernoulli" in args.problems:
+        run_problem("1. Bernoulli toy E[(b - 0.499)^2] at p = 0.5 (exact gradient 5.0e-04)",
+                    bernoulli_setup(device), bern, args.num_samples, args.calls, args.repeats)
 
     cat = {
         "Trace_ELBO(1)": lambda: Trace_ELBO(),
@@ -159,8 +160,9 @@ def main(args):
         "VarGrad(30)": lambda: VarGrad_ELBO(num_particles=30, vectorize_particles=True, max_plate_nesting=0),
         "ARSM": lambda: ARSM_ELBO(max_plate_nesting=0),
     }
-    run_problem("2. ARSM toy, C = R = 30, phi = 0 (variance per logit, averaged)",
-                categorical_setup(device), cat, args.num_samples, args.calls, args.repeats)
+    if "categorical" in args.problems:
+        run_problem("2. ARSM toy, C = R = 30, phi = 0 (variance per logit, averaged)",
+                    categorical_setup(device), cat, args.num_samples, args.calls, args.repeats)
 
     vae = {
         "Trace_ELBO(1)": lambda: Trace_ELBO(),
@@ -171,8 +173,9 @@ def main(args):
         "ARM": lambda: ARSM_ELBO(max_plate_nesting=1),
         "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=1),
     }
-    run_problem("3. Bernoulli VAE (64-16-64 linear, batch 32 binarized digits): encoder-gradient variance",
-                vae_setup(device), vae, args.vae_samples, args.calls // 4, args.repeats)
+    if "vae" in args.problems:
+        run_problem("3. Bernoulli VAE (64-16-64 linear, batch 32 binarized digits): encoder-gradient variance",
+                    vae_setup(device), vae, args.vae_samples, args.calls // 4, args.repeats)
 
 
 if __name__ == "__main__":
@@ -184,4 +187,6 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems", nargs="+", default=["bernoulli", "categorical", "vae"],
+                        choices=["bernoulli", "categorical", "vae"])
     main(parser.parse_args())
