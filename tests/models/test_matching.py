@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from models.matching import (
     all_permutations,
+    assignment_scores,
     bhattacharyya_distance,
     exact_posterior,
     main,
@@ -35,10 +37,26 @@ def test_exact_posterior_small_noise_finds_truth():
     assert (perms[post.argmax(-1)] == true_perm).all()
 
 
-def test_matching_smoke(capsys):
+def test_assignment_scores_match_mean_likelihood_on_permutations():
+    # on permutation matrices the linear ("assignment") likelihood is the exact one
+    g = torch.Generator().manual_seed(1)
+    mus, ys, sigma, _ = make_problems(3, 4, (0.3,), generator=g)
+    perms = all_permutations(4)
+    x = torch.eye(4)[perms]  # (24, 4, 4)
+    lin = (x[:, None] * assignment_scores(mus, ys, sigma)).sum((-1, -2))  # (24, 3)
+    sq = -0.5 * (ys - x[:, None] @ mus).pow(2).sum((-1, -2)) / sigma**2
+    assert torch.allclose(lin, sq)
+    # fractional X: the linear form does not reward interpolating between centres
+    half = 0.5 * (x[0] + x[1])
+    assert ((half * assignment_scores(mus, ys, sigma)).sum((-1, -2)) <= lin[:2].max(0).values).all()
+
+
+@pytest.mark.parametrize("likelihood,init", [(None, None), ("mean", "uniform")])
+def test_matching_smoke(capsys, likelihood, init):
     args = parse_args(
         "--num-trials 2 --num-steps 3 --num-samples 20 --num-particles 2 --n 4 "
         "--sigmas 0.05 0.5".split()
+        + (["--likelihood", likelihood, "--init", init] if likelihood else [])
     )
     out = main(args)
     printed = capsys.readouterr().out
