@@ -103,6 +103,22 @@ def mixed():
     return model, guide, ()
 
 
+def continuous_only():
+    """A guide with no discrete site (VarGrad uses its score form, the others the pathwise one)."""
+
+    def model():
+        loc = pyro.param("prior_loc", torch.tensor(0.4))
+        c = pyro.sample("c", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(c, 0.7), obs=torch.tensor(1.1))
+
+    def guide():
+        m = pyro.param("m", torch.tensor(-0.2))
+        s = pyro.param("s", torch.tensor(0.6), constraint=constraints.positive)
+        pyro.sample("c", dist.Normal(m, s))
+
+    return model, guide, ()
+
+
 def subsampled():
     """A mini-batch plate: 2 of 4 datapoints, so every local term is scaled by 2."""
     data = torch.tensor([0.5, -1.0, 2.0, 1.0])
@@ -183,6 +199,7 @@ ALL = {
     "one_hot_categorical": one_hot_categorical,
     "two_sites": two_sites,
     "mixed": mixed,
+    "continuous_only": continuous_only,
     "subsampled": subsampled,
     "nested_plates": nested_plates,
     "sequential_plate": sequential_plate,

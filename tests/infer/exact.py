@@ -78,7 +78,9 @@ def exact_loss(model, guide, *args, **kwargs):
         data = {n: v for (n, _), v in zip(discrete, combo)}
         tr = _trace(guide, data, args, kwargs)
         # the probability of the configuration: unscaled densities (scales weight terms only)
-        log_q_discrete = sum(tr.nodes[n]["fn"].log_prob(v).sum() for n, v in data.items())
+        log_q_discrete = sum(
+            (tr.nodes[n]["fn"].log_prob(v).sum() for n, v in data.items()), torch.tensor(0.0)
+        )
         if continuous:
             (c,) = continuous
             fn = tr.nodes[c]["fn"]
