@@ -16,7 +16,7 @@ S-particle estimator, 2 for ARM/DisARM, ``1 +`` the distinct pseudo actions for 
 
 Usage::
 
-    python benchmarks/gradient_variance.py --threads 1
+    python -m benchmarks.gradient_variance --threads 1
 """
 
 import argparse
@@ -29,6 +29,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 
+from models.cli import add_common_arguments
 from models.toys import bernoulli_toy, categorical_toy
 from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
@@ -184,9 +185,7 @@ if __name__ == "__main__":
     parser.add_argument("--vae-samples", type=int, default=400)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    add_common_arguments(parser)
     parser.add_argument("--problems", nargs="+", default=["bernoulli", "categorical", "vae"],
                         choices=["bernoulli", "categorical", "vae"])
     main(parser.parse_args())

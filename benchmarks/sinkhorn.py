@@ -15,7 +15,7 @@ are set so that it never stops them). ``matching`` is compared with a Python loo
 
 Example::
 
-    python benchmarks/sinkhorn.py --threads 1 --device cpu
+    python -m benchmarks.sinkhorn --threads 1 --device cpu
 
 Reference:
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from models.cli import add_common_arguments
 from pyro_relax.ops import log_sinkhorn, matching
 
 __all__ = ["main", "naive_sinkhorn", "pot_batched", "pot_loop", "scipy_loop"]
@@ -150,9 +151,7 @@ def make_parser():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
+    add_common_arguments(parser)
     return parser
 
 

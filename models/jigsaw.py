@@ -14,7 +14,7 @@ piece belongs counts as correct), and the proportion of fully solved puzzles.
 
 Example::
 
-    python models/jigsaw.py --grid 2 3
+    python -m models.jigsaw --grid 2 3
 
 Reference:
 
@@ -23,19 +23,16 @@ Reference:
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from models.data import load_fashion_mnist  # noqa: E402
-from pyro_relax.distributions import GumbelSinkhorn  # noqa: E402
-from pyro_relax.ops import matching  # noqa: E402
+from models.cli import add_common_arguments
+from models.data import load_fashion_mnist
+from pyro_relax.distributions import GumbelSinkhorn
+from pyro_relax.ops import matching
 
 __all__ = ["PieceNetwork", "evaluate", "main", "scramble", "to_pieces", "train"]
 
@@ -219,9 +216,7 @@ def make_parser():
     parser.add_argument("--sinkhorn-iters", type=int, default=20)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
+    add_common_arguments(parser)
     return parser
 
 

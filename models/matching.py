@@ -63,7 +63,7 @@ tuned setting is too concentrated at large noise.
 
 Example::
 
-    python models/matching.py
+    python -m models.matching
 
 Reference:
 
@@ -83,6 +83,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from torch.distributions import constraints
 
+from models.cli import add_common_arguments
 from pyro_relax.distributions import (
     BirkhoffRounding,
     BirkhoffStickBreaking,
@@ -394,9 +395,7 @@ def parse_args(argv=None):
         choices=["scores", "uniform"],
         help="guide initialisation: sinkhorn of the assignment log-likelihoods, or the barycentre (default: per method)",
     )
-    parser.add_argument("--device", default="cpu", type=str)
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--threads", default=1, type=int)
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 

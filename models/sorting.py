@@ -12,7 +12,7 @@ Kendall's tau between the predicted and the true ranking.
 
 Example::
 
-    python models/sorting.py --n 5 10 15 80 100 120
+    python -m models.sorting --n 5 10 15 80 100 120
 
 Reference:
 
@@ -26,6 +26,7 @@ import time
 import torch
 from torch import nn
 
+from models.cli import add_common_arguments
 from pyro_relax.distributions import GumbelSinkhorn
 from pyro_relax.ops import matching
 
@@ -175,9 +176,7 @@ def make_parser():
     parser.add_argument("--sinkhorn-iters", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
+    add_common_arguments(parser)
     return parser
 
 

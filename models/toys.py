@@ -29,6 +29,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import SGD
 
+from models.cli import add_common_arguments
 from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 __all__ = [
@@ -201,8 +202,7 @@ def make_parser():
     parser.add_argument("--estimators", nargs="+", default=["exact", "arsm", "reinforce"],
                         choices=sorted(CATEGORICAL_ESTIMATORS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_common_arguments(parser, seed=False)
     return parser
 
 
