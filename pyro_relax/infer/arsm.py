@@ -101,9 +101,7 @@ class ARSM_ELBO(DiscreteELBO):
         for p in particles:
             surrogate = surrogate + self._pathwise_surrogate(p)
             if p.noise:
-                self._check_independent(guide, list(p.noise), args, kwargs)
-                if self.max_plate_nesting == float("inf"):
-                    self._guess_max_plate_nesting(model, guide, args, kwargs)
+                self._prepare_substitution(model, guide, list(p.noise), args, kwargs)
                 surrogate = surrogate + self._discrete_surrogate(p)
         return surrogate / self.num_particles
 

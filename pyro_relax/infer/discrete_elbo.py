@@ -29,7 +29,6 @@ class Particle(NamedTuple):
     :ivar guide_trace: guide trace (subsample sites pruned, ``score_parts`` computed).
     :ivar replay_trace: the unpruned guide trace, to re-run the model against.
     :ivar model: the model callable that was run (wrapped in the particle plate if vectorized).
-    :ivar guide: the guide callable that was run (likewise).
     :ivar dict noise: per-site auxiliary noise recorded by :meth:`DiscreteELBO._sample_site`.
     :ivar int num_particles: how many particles this run holds.
     :ivar tuple args: the model's positional arguments.
@@ -40,7 +39,6 @@ class Particle(NamedTuple):
     guide_trace: object
     replay_trace: object
     model: Callable
-    guide: Callable
     noise: Dict[str, object]
     num_particles: int
     args: tuple
@@ -182,26 +180,18 @@ class DiscreteELBO(ELBO):
             pruned_guide,
             guide_trace,
             model,
-            guide,
             noise,
             self.num_particles if vectorized else 1,
             args,
             kwargs,
         )
 
-    def _particles(self, model, guide, args, kwargs) -> List[Particle]:
-        return list(self._get_traces(model, guide, args, kwargs))
-
-    @property
-    def _particle_dim(self) -> int:
-        return -self.max_plate_nesting
-
     def _by_particle(self, particles: List[Particle], tensors: List[torch.Tensor]):
         """Lays out one tensor per :class:`Particle` as a single tensor with the particle
         dimension first, whether the particles were vectorized or run in sequence."""
         if len(particles) == 1 and particles[0].num_particles > 1:
             (x,) = tensors  # vectorized: max_plate_nesting is known
-            return left_pad(x, self.max_plate_nesting).movedim(self._particle_dim, 0)
+            return left_pad(x, self.max_plate_nesting).movedim(-self.max_plate_nesting, 0)
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise ValueError(
@@ -223,8 +213,8 @@ class DiscreteELBO(ELBO):
         ``vectorize_particles``), keeping all other latent values. Returns, for each site in
         ``names``, its learning signal at each alternative: shape ``(R,) + cell shape``.
 
-        The other guide sites must not depend on the substituted ones (see
-        :meth:`_check_independent`).
+        Call :meth:`_prepare_substitution` first: the other guide sites must not depend on
+        the substituted ones, and ``max_plate_nesting`` must be known.
 
         :param Particle particle: the particle to re-run.
         :param dict values: site name -> tensor of shape ``(R,) + value shape``.
@@ -234,7 +224,7 @@ class DiscreteELBO(ELBO):
         if self.max_plate_nesting == float("inf"):
             raise ValueError(
                 "max_plate_nesting: must be known to re-evaluate the model; call "
-                "_guess_max_plate_nesting first or pass max_plate_nesting"
+                "_prepare_substitution first or pass max_plate_nesting"
             )
         rank = self.max_plate_nesting + 1
         num_rows = next(iter(values.values())).shape[0]
@@ -272,6 +262,15 @@ class DiscreteELBO(ELBO):
             )
 
     # ------------------------------------------------------------------ checks
+    def _prepare_substitution(self, model, guide, names, args, kwargs):
+        """What :meth:`_evaluate` needs before values of the discrete sites ``names`` are
+        substituted: a guide whose other sites do not depend on them (see
+        :meth:`_check_independent`), and a known ``max_plate_nesting`` (guessed from one run if
+        needed). Takes the user's (unwrapped) model and guide."""
+        self._check_independent(guide, names, args, kwargs)
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+
     def _check_independent(self, guide, names, args, kwargs):
         """Raises ``ValueError`` if a guide site's distribution depends on the value of one of
         the discrete sites ``names`` (checked once per guide with Pyro's provenance tracking)."""
@@ -318,7 +317,7 @@ class DiscreteELBO(ELBO):
         return loss
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
-        particles = self._particles(model, guide, args, kwargs)
+        particles = list(self._get_traces(model, guide, args, kwargs))
         elbo = sum(_elbo_sum(p).detach() for p in particles) / self.num_particles
         surrogate_elbo = self._surrogate_elbo(particles, model, guide, args, kwargs)
         return -elbo, -surrogate_elbo
