@@ -9,15 +9,7 @@ from torch.distributions import kl_divergence
 
 from pyro_relax.distributions import GumbelSinkhorn, gumbel_sinkhorn_kl
 from pyro_relax.ops import MASK_VALUE, matching
-
-
-def _is_permutation(p):
-    ones = torch.ones(p.shape[:-1], dtype=p.dtype)
-    return (
-        bool(((p == 0) | (p == 1)).all())
-        and torch.allclose(p.sum(-1), ones)
-        and torch.allclose(p.sum(-2), ones)
-    )
+from tests.common import is_permutation
 
 
 @pytest.mark.parametrize("sample_shape", [(), (5,)])
@@ -38,7 +30,7 @@ def test_hard_is_scipy_matching_with_relaxed_gradient():
     pyro.set_rng_seed(1)
     soft = GumbelSinkhorn(log_alpha, 0.5).rsample()
     assert torch.equal(hard._perturbed, soft._perturbed)
-    assert _is_permutation(hard)
+    assert is_permutation(hard)
     for b in range(4):
         scores = hard._perturbed[b].detach().numpy()
         _, cols = linear_sum_assignment(scores, maximize=True)

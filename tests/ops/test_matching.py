@@ -5,15 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from pyro_relax.ops import MASK_VALUE, matching
-
-
-def _is_permutation(p):
-    ones = torch.ones(p.shape[:-1], dtype=p.dtype)
-    return (
-        bool(((p == 0) | (p == 1)).all())
-        and torch.equal(p.sum(-1), ones)
-        and torch.equal(p.sum(-2), ones)
-    )
+from tests.common import is_permutation
 
 
 def test_brute_force_optimum():
@@ -23,7 +15,7 @@ def test_brute_force_optimum():
         key=lambda s: sum(x[i, s[i]] for i in range(5)),
     )
     p = matching(x)
-    assert _is_permutation(p)
+    assert is_permutation(p)
     assert torch.equal(p.argmax(-1), torch.tensor(best))
 
 
@@ -32,7 +24,7 @@ def test_batched_shape_dtype_and_scipy(dtype):
     x = torch.randn(2, 3, 8, 8, dtype=dtype)
     p = matching(x)
     assert p.shape == x.shape and p.dtype == dtype and p.device == x.device
-    assert _is_permutation(p)
+    assert is_permutation(p)
     for i in range(2):
         for j in range(3):
             _, cols = linear_sum_assignment(x[i, j].numpy(), maximize=True)
@@ -56,11 +48,11 @@ def test_masking(fill):
     x = torch.randn(5, 5)
     mask = torch.eye(5, dtype=torch.bool)  # forbid the identity's entries
     p = matching(x.masked_fill(mask, fill))
-    assert _is_permutation(p)
+    assert is_permutation(p)
     assert p[mask].sum() == 0
     # an infeasible mask (a fully masked row) still returns a permutation
     x[2, :] = fill
-    assert _is_permutation(matching(x))
+    assert is_permutation(matching(x))
 
 
 @pytest.mark.parametrize(
