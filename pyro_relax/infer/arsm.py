@@ -33,10 +33,23 @@ class ARSM_ELBO(DiscreteELBO):
     sites are handled by holding the others at their sample while one is swapped; all the
     distinct alternative configurations of all sites (``C(C-1)/2`` swaps per categorical site,
     one antithetic twin per Bernoulli site, duplicates removed) are scored by **one** batched
-    run of the model, without gradients, so the model must broadcast over a new leftmost batch
-    dimension (as it must for ``vectorize_particles=True``). Reparameterizable guide sites keep
-    their pathwise gradient. Guides whose site distributions depend on a sampled discrete value
-    are refused with a ``ValueError`` naming the site (use :class:`ReinforceLOO_ELBO` there).
+    run, without gradients. Reparameterizable guide sites keep their pathwise gradient.
+
+    **Dependent guides** (``q(z | x, y)`` with ``y`` discrete, a second stochastic layer, AIR's
+    sequence of ``z_pres``, also a Python branch on a sample): for each alternative the guide
+    is run again from the changed site on, every later site drawn again with common random
+    numbers (the same uniform or Dirichlet noise for a discrete site, the same standard normal
+    for a Normal site; a fresh draw for other families), so that :math:`f` at an alternative is
+    an unbiased estimate of the expected learning signal given that value. Terms that do not
+    depend on the changed site are equal in both evaluations and cancel. A guide whose discrete
+    sites come last (a VAE encoder) is not run again.
+
+    The alternatives run batched over a new leftmost dimension, so model and guide should
+    broadcast over it (as for ``vectorize_particles=True``). With
+    ``vectorize_alternatives=None`` (default) a program that fails to (``.item()``, ``float()``
+    or a Python branch on a sampled value) is detected by the failure and its alternatives are
+    scored one at a time from then on; ``False`` always does so; ``True`` raises a
+    ``ValueError`` naming the site instead.
 
     References:
 
@@ -51,6 +64,8 @@ class ARSM_ELBO(DiscreteELBO):
     :param int max_plate_nesting: bound on nested plates.
     :param bool vectorize_particles: run the particles as a tensor dimension.
     :param str bernoulli: ``"arm"`` (default) or ``"disarm"``.
+    :param vectorize_alternatives: ``None`` (batched, one at a time if the program does not
+        broadcast), ``True`` (batched or ``ValueError``) or ``False`` (one at a time).
     """
 
     def __init__(
@@ -61,6 +76,7 @@ class ARSM_ELBO(DiscreteELBO):
         strict_enumeration_warning=True,
         retain_graph=None,
         bernoulli="arm",
+        vectorize_alternatives=None,
     ):
         if bernoulli not in ("arm", "disarm"):
             raise ValueError(
@@ -74,6 +90,7 @@ class ARSM_ELBO(DiscreteELBO):
             strict_enumeration_warning=strict_enumeration_warning,
             retain_graph=retain_graph,
         )
+        self.vectorize_alternatives = self._check_vectorize_alternatives(vectorize_alternatives)
 
     def _sample_site(self, name, fn):
         info = discrete_site_info(name, fn)
@@ -86,22 +103,22 @@ class ARSM_ELBO(DiscreteELBO):
             )
         logits = info.logits.detach()
         if info.kind == "bernoulli":
-            u = torch.rand_like(logits)
-            return (u > torch.sigmoid(-logits)).to(logits.dtype), u
-        # Dirichlet(1) augmentation; z = argmin(log pi - phi) is a Categorical(softmax(phi)) draw
-        e = torch.empty_like(logits).exponential_()
-        pi = e / e.sum(-1, keepdim=True)
-        z = (pi.log() - logits).argmin(-1)
-        if info.kind == "one_hot":
-            z = F.one_hot(z, logits.shape[-1]).to(logits.dtype)
-        return z, pi
+            noise = torch.rand_like(logits)
+        else:  # Dirichlet(1) augmentation
+            e = torch.empty_like(logits).exponential_()
+            noise = e / e.sum(-1, keepdim=True)
+        return _from_noise(info, noise), noise
+
+    def _redraw_site(self, name, fn, noise):
+        info = discrete_site_info(name, fn)
+        return None if info is None else _from_noise(info, noise)
 
     def _surrogate_elbo(self, particles, model, guide, args, kwargs):
         surrogate = 0.0
         for p in particles:
             surrogate = surrogate + self._pathwise_surrogate(p)
             if p.noise:
-                self._prepare_substitution(model, guide, list(p.noise), args, kwargs)
+                self._prepare_substitution(model, guide, args, kwargs)
                 surrogate = surrogate + self._discrete_surrogate(p)
         return surrogate / self.num_particles
 
@@ -205,6 +222,20 @@ class ARSM_ELBO(DiscreteELBO):
         table = table.reshape(cell + (1,) * cat_event_dims + (num_categories, num_categories))
         weight = (1.0 - num_categories * pi).unsqueeze(-2)  # (..., 1, C_j)
         return (table * weight).sum(-1) / num_categories
+
+
+def _from_noise(info, noise):
+    """ARM's ``b = 1[u > sigmoid(-alpha)]``, or ARSM's ``z = argmin(log pi - phi)`` (a
+    Categorical(softmax(phi)) draw), from the noise of a site with logits ``info.logits``
+    (which may carry more leading dims than the noise)."""
+    logits = info.logits.detach()
+    noise = left_pad(noise, logits.dim())
+    if info.kind == "bernoulli":
+        return (noise > torch.sigmoid(-logits)).to(logits.dtype)
+    z = (noise.log() - logits).argmin(-1)
+    if info.kind == "one_hot":
+        z = F.one_hot(z, logits.shape[-1]).to(logits.dtype)
+    return z
 
 
 def _pairs(num_categories, device):

@@ -1,6 +1,7 @@
 """The estimator core shared by every ELBO in :mod:`pyro_relax.infer`."""
 
-import weakref
+import numbers
+import warnings
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import pyro
@@ -8,14 +9,13 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.elbo import ELBO
-from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import is_validation_enabled, torch_item
-from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
 
-from .util import guide_log_prob_at, learning_signals, leave_one_out_centered, left_pad
+from .substitution import RowPlan, run_rows, subsample_trace
+from .util import learning_signals, leave_one_out_centered, left_pad
 
 __all__ = ["DiscreteELBO", "Particle"]
 
@@ -29,6 +29,7 @@ class Particle(NamedTuple):
     :ivar guide_trace: guide trace (subsample sites pruned, ``score_parts`` computed).
     :ivar replay_trace: the unpruned guide trace, to re-run the model against.
     :ivar model: the model callable that was run (wrapped in the particle plate if vectorized).
+    :ivar guide: the guide callable that was run (likewise).
     :ivar dict noise: per-site auxiliary noise recorded by :meth:`DiscreteELBO._sample_site`.
     :ivar int num_particles: how many particles this run holds.
     :ivar tuple args: the model's positional arguments.
@@ -39,6 +40,7 @@ class Particle(NamedTuple):
     guide_trace: object
     replay_trace: object
     model: Callable
+    guide: Callable
     noise: Dict[str, object]
     num_particles: int
     args: tuple
@@ -77,18 +79,25 @@ class DiscreteELBO(ELBO):
     finds the guide's non-reparameterizable sites, builds per-plate-cell learning signals (a
     latent inside ``pyro.plate("data", B)`` is credited only with the ``log p - log q`` terms of
     its own slice plus the global terms, with subsampling scales as in
-    :class:`~pyro.infer.Trace_ELBO`) and can re-run the model with other values substituted at
-    discrete sites, batched over a leading dimension. Reparameterizable sites keep their
-    pathwise gradient.
+    :class:`~pyro.infer.Trace_ELBO`) and can re-run guide and model with other values
+    substituted at discrete sites, batched over a leading dimension (guide sites downstream of a
+    substituted site are drawn again, see :mod:`pyro_relax.infer.substitution`).
+    Reparameterizable sites keep their pathwise gradient. Particles run in sequence share the
+    mini-batch of every subsampled plate (the first particle's indices are replayed), so that
+    per-datapoint baselines compare the same datapoints.
 
     A subclass states its estimator by overriding
 
     - :meth:`_surrogate_elbo` (required): a differentiable scalar whose gradient is the estimate
       of the ELBO gradient, from the list of :class:`Particle` s;
     - :meth:`_sample_site` (optional): draw a discrete guide site's value from its own noise;
+    - :meth:`_redraw_site` (optional): draw it again from the same noise under a changed
+      distribution (common random numbers when a substitution upstream changed it);
     - :meth:`_sample_guide` (optional): how the guide trace is drawn (e.g. detached).
 
     The returned loss is always the ``-ELBO`` estimate averaged over particles, as in Pyro.
+    ``infer={"baseline": ...}`` on a guide site (a :class:`~pyro.infer.TraceGraph_ELBO`
+    option) is not used by these estimators; it triggers a warning naming the site.
 
     :param int num_particles: number of particles (at least :attr:`min_particles`).
     :param int max_plate_nesting: bound on nested plates (guessed from one run if omitted).
@@ -102,30 +111,35 @@ class DiscreteELBO(ELBO):
 
     def __init__(
         self,
-        num_particles=1,
+        num_particles=None,
         max_plate_nesting=float("inf"),
         vectorize_particles=False,
         strict_enumeration_warning=True,
         retain_graph=None,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+        if num_particles is None:
+            num_particles = max(1, self.min_particles)
+        if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
             raise ValueError(
                 "num_particles: expected an int, got {!r}".format(num_particles)
             )
+        num_particles = int(num_particles)
         if num_particles < self.min_particles:
             raise ValueError(
                 "num_particles: {} needs num_particles >= {}, got {}".format(
                     type(self).__name__, self.min_particles, num_particles
                 )
             )
-        if max_plate_nesting != float("inf") and (
-            not isinstance(max_plate_nesting, int) or max_plate_nesting < 0
-        ):
-            raise ValueError(
-                "max_plate_nesting: expected a non-negative int, got {!r}".format(
-                    max_plate_nesting
+        if max_plate_nesting != float("inf"):
+            if isinstance(max_plate_nesting, bool) or not isinstance(
+                max_plate_nesting, numbers.Integral
+            ) or max_plate_nesting < 0:
+                raise ValueError(
+                    "max_plate_nesting: expected a non-negative int, got {!r}".format(
+                        max_plate_nesting
+                    )
                 )
-            )
+            max_plate_nesting = int(max_plate_nesting)
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -133,14 +147,33 @@ class DiscreteELBO(ELBO):
             strict_enumeration_warning=strict_enumeration_warning,
             retain_graph=retain_graph,
         )
-        self._independence_checked = weakref.WeakKeyDictionary()
         #: model evaluations so far, counted per particle (a diagnostic for benchmarks)
         self.num_model_evaluations = 0
+        #: how alternatives are scored (see :func:`~pyro_relax.infer.substitution.run_rows`);
+        #: set by the estimators that score alternatives
+        self.vectorize_alternatives = None
+        self._rows_one_at_a_time = False
+        self._warned_baseline = set()
+
+    @staticmethod
+    def _check_vectorize_alternatives(value):
+        if value not in (None, True, False):
+            raise ValueError(
+                "vectorize_alternatives: expected None (batched, falling back to one at a "
+                "time), True or False, got {!r}".format(value)
+            )
+        return value
 
     # ------------------------------------------------------------------ extension points
     def _sample_site(self, name: str, fn) -> Optional[tuple]:
         """Draws a non-reparameterizable guide site's value. Return ``(value, noise)`` to set the
         value (``noise`` is stored in :attr:`Particle.noise`), or ``None`` for ``fn.sample()``."""
+        return None
+
+    def _redraw_site(self, name: str, fn, noise) -> Optional[torch.Tensor]:
+        """Draws a guide site again under the re-run's distribution ``fn`` (batched over
+        alternatives) from the ``noise`` that :meth:`_sample_site` recorded, so that an
+        unchanged distribution gives the same value. ``None``: a fresh draw."""
         return None
 
     def _sample_guide(self, guide, args, kwargs):
@@ -156,7 +189,23 @@ class DiscreteELBO(ELBO):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ running model and guide
-    def _get_trace(self, model, guide, args, kwargs):
+    def _get_traces(self, model, guide, args, kwargs):
+        if self.vectorize_particles:
+            if self.max_plate_nesting == float("inf"):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            yield self._get_vectorized_trace(model, guide, args, kwargs)
+            return
+        # Particles in sequence share each subsampled plate's mini-batch.
+        minibatch = None
+        for _ in range(self.num_particles):
+            particle = self._get_trace(model, guide, args, kwargs, minibatch)
+            if minibatch is None:
+                minibatch = subsample_trace(particle.replay_trace)
+            yield particle
+
+    def _get_trace(self, model, guide, args, kwargs, minibatch=None):
+        if minibatch is not None and len(minibatch.nodes):
+            guide = poutine.replay(guide, trace=minibatch)
         guide_trace, noise = self._sample_guide(guide, args, kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
@@ -173,6 +222,7 @@ class DiscreteELBO(ELBO):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
+        self._warn_baselines(pruned_guide)
         vectorized = self.vectorize_particles and self.num_particles > 1
         self.num_model_evaluations += self.num_particles if vectorized else 1
         return Particle(
@@ -180,11 +230,27 @@ class DiscreteELBO(ELBO):
             pruned_guide,
             guide_trace,
             model,
+            guide,
             noise,
             self.num_particles if vectorized else 1,
             args,
             kwargs,
         )
+
+    def _warn_baselines(self, guide_trace):
+        for name, site in guide_trace.nodes.items():
+            if (
+                site["type"] == "sample"
+                and site["infer"].get("baseline")
+                and name not in self._warned_baseline
+            ):
+                self._warned_baseline.add(name)
+                warnings.warn(
+                    "{} ignores infer={{'baseline': ...}} at guide site '{}': that option "
+                    "belongs to TraceGraph_ELBO; this estimator uses its own control "
+                    "variates.".format(type(self).__name__, name),
+                    UserWarning,
+                )
 
     def _by_particle(self, particles: List[Particle], tensors: List[torch.Tensor]):
         """Lays out one tensor per :class:`Particle` as a single tensor with the particle
@@ -195,8 +261,10 @@ class DiscreteELBO(ELBO):
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise ValueError(
-                "{} needs every particle to have the same shapes; got {}. Use static model "
-                "and guide structure.".format(type(self).__name__, sorted(shapes))
+                "{} needs a site to have the same shape in every particle; got {}. Use "
+                "static shapes, or vectorize_particles=True.".format(
+                    type(self).__name__, sorted(shapes)
+                )
             )
         return torch.stack(tensors)
 
@@ -207,102 +275,62 @@ class DiscreteELBO(ELBO):
         names,
         grad: bool = False,
     ) -> Dict[str, torch.Tensor]:
-        """Re-runs the model with the guide sites in ``values`` replaced by a batch of
-        alternative values, batched over a new leftmost dimension of size ``R`` (a plate at
-        ``dim=-(max_plate_nesting + 1)``; the model must broadcast over it, as with
-        ``vectorize_particles``), keeping all other latent values. Returns, for each site in
-        ``names``, its learning signal at each alternative: shape ``(R,) + cell shape``.
-
-        Call :meth:`_prepare_substitution` first: the other guide sites must not depend on
-        the substituted ones, and ``max_plate_nesting`` must be known.
+        """Scores alternatives of the guide sites in ``values``, one site changed per row (the
+        others at their sample): re-runs the guide from the changed site on (its downstream
+        sites drawn again with common random numbers, see :meth:`_redraw_site`) and the model,
+        all rows batched over a new leftmost dimension (or one at a time, see
+        ``vectorize_alternatives``). Returns, for each site in ``names``, its learning signal at
+        each row: shape ``(R,) + cell shape``. Call :meth:`_prepare_substitution` first.
 
         :param Particle particle: the particle to re-run.
-        :param dict values: site name -> tensor of shape ``(R,) + value shape``.
+        :param dict values: site name -> tensor of shape ``(R,) + value shape``; in each row
+            exactly one site differs from its sample.
         :param names: sites to return signals for.
-        :param bool grad: keep the autograd graph (RELAX) or not (ARM, ARSM).
+        :param bool grad: keep the autograd graph or not.
         """
         if self.max_plate_nesting == float("inf"):
             raise ValueError(
                 "max_plate_nesting: must be known to re-evaluate the model; call "
                 "_prepare_substitution first or pass max_plate_nesting"
             )
-        rank = self.max_plate_nesting + 1
+        order = [
+            name
+            for name, site in particle.replay_trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)
+        ]
         num_rows = next(iter(values.values())).shape[0]
-        replay = particle.replay_trace.copy()
+        device = next(iter(values.values())).device
+        first = torch.full((num_rows,), len(order), dtype=torch.long, device=device)
+        changed = {}
         for name, value in values.items():
-            site = particle.guide_trace.nodes[name]
-            event_dim = site["fn"].event_dim
-            batch = value.shape[1 : value.dim() - event_dim]
-            event = value.shape[value.dim() - event_dim :]
-            batch = (1,) * (self.max_plate_nesting - len(batch)) + tuple(batch)
-            replay.nodes[name] = dict(
-                replay.nodes[name], value=value.reshape((num_rows,) + batch + event)
-            )
-        self.num_model_evaluations += num_rows * particle.num_particles
-        rows_model = pyro.plate("_pyro_relax_rows", num_rows, dim=-rank)(particle.model)
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            model_trace = poutine.trace(poutine.replay(rows_model, trace=replay)).get_trace(
-                *particle.args, **particle.kwargs
-            )
-            model_trace = prune_subsample_sites(model_trace)
-            model_trace.compute_log_prob()
-            guide_log_probs = {
-                name: guide_log_prob_at(
-                    particle.guide_trace.nodes[name], model_trace.nodes[name]["value"]
-                )
-                for name in values
-            }
-            return learning_signals(
-                model_trace,
-                particle.guide_trace,
-                names,
-                guide_log_probs=guide_log_probs,
-                rank=rank,
-                detach=not grad,
-            )
+            sample = particle.replay_trace.nodes[name]["value"]
+            changed[name] = (value != sample).reshape(num_rows, -1).any(-1)
+            position = torch.full_like(first, order.index(name))
+            first = torch.where(changed[name], torch.minimum(first, position), first)
+        plan = RowPlan(
+            num_rows,
+            first,
+            names,
+            values=values,
+            changed=changed,
+            redraw=self._redraw_from_noise(particle),
+        )
+        return run_rows(self, particle, plan, grad=grad)
+
+    def _redraw_from_noise(self, particle):
+        def redraw(name, fn, site):
+            noise = particle.noise.get(name)
+            return None if noise is None else self._redraw_site(name, fn, noise)
+
+        return redraw
 
     # ------------------------------------------------------------------ checks
-    def _prepare_substitution(self, model, guide, names, args, kwargs):
-        """What :meth:`_evaluate` needs before values of the discrete sites ``names`` are
-        substituted: a guide whose other sites do not depend on them (see
-        :meth:`_check_independent`), and a known ``max_plate_nesting`` (guessed from one run if
-        needed). Takes the user's (unwrapped) model and guide."""
-        self._check_independent(guide, names, args, kwargs)
+    def _prepare_substitution(self, model, guide, args, kwargs):
+        """What :meth:`_evaluate` needs before values are substituted: a known
+        ``max_plate_nesting`` (guessed from one run of the user's model and guide if needed).
+        No independence check is needed: sites downstream of a substituted one are redrawn."""
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
-
-    def _check_independent(self, guide, names, args, kwargs):
-        """Raises ``ValueError`` if a guide site's distribution depends on the value of one of
-        the discrete sites ``names`` (checked once per guide with Pyro's provenance tracking)."""
-        key = getattr(guide, "__func__", guide)
-        try:
-            if self._independence_checked.get(key):
-                return
-        except TypeError:
-            key = None
-        with poutine.block():
-            with TrackNonReparam():
-                trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        names = set(names)
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
-                continue
-            log_prob = site["fn"].log_prob(detach_provenance(site["value"]))
-            parents = (get_provenance(log_prob) & names) - {name}
-            if parents:
-                raise ValueError(
-                    "{} cannot handle guide site '{}': its distribution depends on the "
-                    "value of discrete site(s) {}. Only guides whose distributions do not "
-                    "depend on sampled discrete values are supported; use "
-                    "ReinforceLOO_ELBO or VarGrad_ELBO for such guides.".format(
-                        type(self).__name__, name, sorted(parents)
-                    )
-                )
-        if key is not None:
-            try:
-                self._independence_checked[key] = True
-            except TypeError:
-                pass
 
     # ------------------------------------------------------------------ the ELBO interface
     def loss(self, model, guide, *args, **kwargs):
@@ -318,16 +346,16 @@ class DiscreteELBO(ELBO):
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         particles = list(self._get_traces(model, guide, args, kwargs))
-        elbo = sum(_elbo_sum(p).detach() for p in particles) / self.num_particles
+        elbo = sum(_detach(_elbo_sum(p)) for p in particles) / self.num_particles
         surrogate_elbo = self._surrogate_elbo(particles, model, guide, args, kwargs)
         return -elbo, -surrogate_elbo
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """:returns: a tensor whose value is the ``-ELBO`` estimate and whose gradient is the
-        estimator's."""
+        estimator's (``0.0`` for a program with no sites, as :class:`~pyro.infer.Trace_ELBO`)."""
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         warn_if_nan(loss, "loss")
-        return loss + (surrogate_loss - surrogate_loss.detach())
+        return loss + (surrogate_loss - _detach(surrogate_loss))
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """Computes the ``-ELBO`` estimate and backpropagates the estimator's gradient.
@@ -347,15 +375,23 @@ class DiscreteELBO(ELBO):
         """``sum_s (f_s - mean_{s' != s} f_s') * score_s`` summed over plate cells and sites, with
         ``f`` the learning signal and ``score`` the site's ``score_key`` entry (``"score"`` for
         the score-function term of ``score_parts``, else a trace key such as
-        ``"unscaled_log_prob"``). Not yet divided by ``num_particles``."""
+        ``"unscaled_log_prob"``). Not yet divided by ``num_particles``.
+
+        A site that only some particles have (a guide whose structure depends on a sample) is
+        baselined with the particles that have it (they are independent of the particle being
+        baselined, so the estimate stays unbiased); a site only one particle has gets no
+        baseline."""
         surrogate = 0.0
         if not names:
             return surrogate
-        signals = [learning_signals(p.model_trace, p.guide_trace, names) for p in particles]
+        signals = [learning_signals(p.model_trace, p.guide_trace, _site_names(p, names))
+                   for p in particles]
         for name in names:
             scores, advantages = [], []
             for p, signal in zip(particles, signals):
-                site = p.guide_trace.nodes[name]
+                site = p.guide_trace.nodes.get(name)
+                if site is None:
+                    continue
                 score = (
                     site["score_parts"].score_function
                     if score_key == "score"
@@ -364,8 +400,11 @@ class DiscreteELBO(ELBO):
                 score, signal = torch.broadcast_tensors(score, signal[name])
                 scores.append(score)
                 advantages.append(signal)
-            score = self._by_particle(particles, scores)
-            advantage = leave_one_out_centered(self._by_particle(particles, advantages))
+            holders = [p for p in particles if name in p.guide_trace.nodes]
+            score = self._by_particle(holders, scores)
+            advantage = self._by_particle(holders, advantages)
+            if advantage.shape[0] > 1:
+                advantage = leave_one_out_centered(advantage)
             surrogate = surrogate + (advantage * score).sum()
         return surrogate
 
@@ -407,5 +446,14 @@ def _compute_log_probs(model_trace, guide_trace):
 
 
 def _elbo_sum(particle: Particle):
-    """Sum over the particles in ``particle`` of ``log p - log q``."""
+    """Sum over the particles in ``particle`` of ``log p - log q`` (a float 0.0 for a program
+    with no sample sites)."""
     return particle.model_trace.log_prob_sum() - particle.guide_trace.log_prob_sum()
+
+
+def _detach(x):
+    return x.detach() if torch.is_tensor(x) else x
+
+
+def _site_names(particle, names):
+    return [name for name in names if name in particle.guide_trace.nodes]

@@ -33,6 +33,6 @@ class ReinforceLOO_ELBO(DiscreteELBO):
 
     def _surrogate_elbo(self, particles, model, guide, args, kwargs):
         surrogate = sum(self._pathwise_surrogate(p) for p in particles)
-        names = nonreparam_sites(particles[0].guide_trace)
+        names = list(dict.fromkeys(n for p in particles for n in nonreparam_sites(p.guide_trace)))
         surrogate = surrogate + self._leave_one_out_surrogate(particles, names, "score")
         return surrogate / self.num_particles

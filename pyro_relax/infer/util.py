@@ -8,14 +8,13 @@ Every helper here is a small, pure function of traces and tensors; the ELBO clas
 from typing import Dict, Iterable, NamedTuple, Optional
 
 import torch
-from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor, get_plate_stacks
 from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 __all__ = [
     "DiscreteSite",
     "discrete_site_info",
-    "guide_log_prob_at",
     "leave_one_out_centered",
     "learning_signals",
     "left_pad",
@@ -85,9 +84,18 @@ def learning_signals(
         elif rank is not None:
             log_r = left_pad(log_r, rank)
         terms.add((stacks[name], log_r))
+    # Sites of the guide alone (pyro.factor in a guide, auxiliary latents) enter as -log q.
+    guide_stacks = get_plate_stacks(guide_trace)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or name in model_trace.nodes:
+            continue
+        log_q = guide_log_probs.get(name)
+        log_q = site["log_prob"] if log_q is None else log_q
+        reference = log_q
+        terms.add((guide_stacks[name], -(log_q if rank is None else left_pad(log_q, rank))))
     out = {}
     for name in names:
-        value = terms.sum_to(stacks[name])
+        value = terms.sum_to(stacks[name] if name in stacks else guide_stacks[name])
         if not torch.is_tensor(value):  # no terms at all: a zero on the traces' device
             value = reference.new_zeros(()) if reference is not None else torch.zeros(())
         if detach:
@@ -142,8 +150,3 @@ def discrete_site_info(name: str, fn) -> Optional[DiscreteSite]:
             "categorical", base.logits.expand(shape + (num_categories,)), fn.event_dim
         )
     return None
-
-
-def guide_log_prob_at(site, value: torch.Tensor) -> torch.Tensor:
-    """``log q`` of a guide site at another value, scaled and masked like the site itself."""
-    return scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"])

@@ -54,11 +54,14 @@ class VarGrad_ELBO(DiscreteELBO):
             for site in p.model_trace.nodes.values():
                 if site["type"] == "sample":
                     surrogate = surrogate + site["log_prob_sum"]
-        names = [
-            name
-            for name, site in particles[0].guide_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-        ]
+        names = list(
+            dict.fromkeys(
+                name
+                for p in particles
+                for name, site in p.guide_trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"]
+            )
+        )
         surrogate = surrogate + self._leave_one_out_surrogate(
             particles, names, "unscaled_log_prob"
         )

@@ -39,36 +39,6 @@ def test_arsm_unsupported_site_names_site_and_distribution():
         ARSM_ELBO().loss_and_grads(model, guide, *args)
 
 
-def test_arsm_dependent_guide_site_is_refused():
-    def model():
-        a = pyro.sample("a", dist.Bernoulli(0.5))
-        pyro.sample("b", dist.Bernoulli(0.3 + 0.4 * a))
-
-    def guide():
-        theta = pyro.param("theta", torch.tensor([0.2, -0.4]))
-        a = pyro.sample("a", dist.Bernoulli(logits=theta[0]))
-        pyro.sample("b", dist.Bernoulli(logits=theta[1] + a))
-
-    with pytest.raises(ValueError, match=r"'b'.*depends.*\['a'\]"):
-        ARSM_ELBO().loss_and_grads(model, guide)
-    # the leave-one-out estimator handles such guides
-    ReinforceLOO_ELBO(num_particles=2).loss_and_grads(model, guide)
-
-
-def test_arsm_continuous_site_depending_on_discrete_is_refused():
-    def model():
-        a = pyro.sample("a", dist.Bernoulli(0.5))
-        pyro.sample("c", dist.Normal(a, 1.0))
-
-    def guide():
-        theta = pyro.param("theta", torch.tensor(0.1))
-        a = pyro.sample("a", dist.Bernoulli(logits=theta))
-        pyro.sample("c", dist.Normal(2.0 * a, 1.0))
-
-    with pytest.raises(ValueError, match=r"'c'.*\['a'\]"):
-        ARSM_ELBO().loss_and_grads(model, guide)
-
-
 @pytest.mark.parametrize(
     "elbo",
     [ReinforceLOO_ELBO(num_particles=2), VarGrad_ELBO(num_particles=2), ARSM_ELBO()],
