@@ -27,6 +27,7 @@ from .util import learning_signals, left_pad
 __all__ = [
     "RowPlan",
     "common_random_redraw",
+    "guide_rerun_needed",
     "run_rows",
     "site_log_prob",
     "subsample_trace",
@@ -248,6 +249,13 @@ def _run_once(particle, plan, positions, rerun_guide, row, rank, tracker):
     return model_trace, guide_trace
 
 
+def guide_rerun_needed(first, num_sites):
+    """The guide must run again iff a sample site follows the first substituted one (it may
+    depend on the substituted value, visibly or not); a guide whose substituted sites come
+    last (a VAE encoder) is not run again."""
+    return first < num_sites - 1
+
+
 def run_rows(elbo, particle, plan, grad=False):
     """Scores the rows of ``plan``: re-runs the guide (from the first substituted site on,
     when any sample site follows it) and the model, and returns, for each site in
@@ -271,8 +279,7 @@ def run_rows(elbo, particle, plan, grad=False):
         if site["type"] == "sample" and not site_is_subsample(site)
     ]
     positions = {name: i for i, name in enumerate(order)}
-    first = int(plan.first.min())
-    rerun_guide = first < len(order) - 1
+    rerun_guide = guide_rerun_needed(int(plan.first.min()), len(order))
     elbo.num_model_evaluations += plan.num_rows * particle.num_particles
     mode = elbo.vectorize_alternatives
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -287,6 +294,7 @@ def run_rows(elbo, particle, plan, grad=False):
                 )
             except Exception as error:  # the program did not broadcast over the rows
                 where = _where(tracker)
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 if mode is True:
                     raise ValueError(
                         "{}: the program does not broadcast over the alternatives' batch "
@@ -294,7 +302,7 @@ def run_rows(elbo, particle, plan, grad=False):
                         "for vectorize_particles=True; no .item(), float() or Python branch "
                         "on a sampled value), or pass vectorize_alternatives=False to score "
                         "the alternatives one at a time.".format(
-                            type(elbo).__name__, -rank, where, type(error).__name__, error
+                            type(elbo).__name__, -rank, where, type(error).__name__, message
                         )
                     ) from error
                 logger.warning(
@@ -304,7 +312,7 @@ def run_rows(elbo, particle, plan, grad=False):
                     type(elbo).__name__,
                     where,
                     type(error).__name__,
-                    error,
+                    message,
                 )
                 elbo._rows_one_at_a_time = True
         signals = []

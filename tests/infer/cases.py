@@ -192,6 +192,137 @@ def poisson():
     return model, guide, ()
 
 
+def categorical_then_bernoulli():
+    """SS-VAE shape: a Bernoulli vector whose logits depend on a sampled Categorical."""
+
+    def model():
+        mu = pyro.param("mu", torch.tensor([-1.0, 0.5, 1.5]))
+        y = pyro.sample("y", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
+        b = pyro.sample("b", dist.Bernoulli(0.4 * torch.ones(2)).to_event(1))
+        pyro.sample("x", dist.Normal(mu[y] + b.sum(-1), 1.0), obs=torch.tensor(0.7))
+
+    def guide():
+        phi = pyro.param("phi", torch.tensor([0.3, -0.2, 0.1]))
+        w = pyro.param("w", torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.7, 0.9]]))
+        y = pyro.sample("y", dist.Categorical(logits=phi))
+        pyro.sample("b", dist.Bernoulli(logits=w[y]).to_event(1))
+
+    return model, guide, ()
+
+
+def two_layer_bernoulli():
+    """A sigmoid belief net guide: the second layer's logits depend on the first layer."""
+
+    def model():
+        v = pyro.param("v", torch.tensor([0.8, -0.6]))
+        b1 = pyro.sample("b1", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1))
+        b2 = pyro.sample("b2", dist.Bernoulli(0.3 + 0.4 * b1).to_event(1))
+        pyro.sample("x", dist.Normal((b1 * v).sum(-1) + 2.0 * b2.sum(-1), 1.0), obs=torch.tensor(1.2))
+
+    def guide():
+        a = pyro.param("a", torch.tensor([0.2, -0.3]))
+        W = pyro.param("W", torch.tensor([[3.0, -2.5], [2.0, 2.8]]))
+        c = pyro.param("c", torch.tensor([-1.5, 0.5]))
+        b1 = pyro.sample("b1", dist.Bernoulli(logits=a).to_event(1))
+        pyro.sample("b2", dist.Bernoulli(logits=b1 @ W + c).to_event(1))
+
+    return model, guide, ()
+
+
+def normal_given_categorical():
+    """A reparameterized Normal whose location depends on a sampled Categorical."""
+
+    def model():
+        shift = pyro.param("shift", torch.tensor(0.2))
+        y = pyro.sample("y", dist.Categorical(torch.tensor([0.3, 0.3, 0.4])))
+        c = pyro.sample("c", dist.Normal(y.to(shift.dtype) - 1.0, 1.0))
+        pyro.sample("x", dist.Normal(c + shift, 0.8), obs=torch.tensor(0.9))
+
+    def guide():
+        phi = pyro.param("phi", torch.tensor([0.1, 0.4, -0.3]))
+        m = pyro.param("m", torch.tensor([-0.8, 0.1, 1.2]))
+        s = pyro.param("s", torch.tensor(0.7), constraint=constraints.positive)
+        y = pyro.sample("y", dist.Categorical(logits=phi))
+        pyro.sample("c", dist.Normal(m[y], s))
+
+    return model, guide, ()
+
+
+def python_branch():
+    """The guide branches in Python on a sample: invisible to provenance tracking, and
+    ``.item()`` does not broadcast over a batch of alternatives."""
+
+    def model():
+        z1 = pyro.sample("z1", dist.Bernoulli(0.5))
+        z2 = pyro.sample("z2", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(3.0 * z1 - 2.0 * z2, 1.0), obs=torch.tensor(1.0))
+
+    def guide():
+        theta = pyro.param("theta", torch.tensor([0.3, -0.2]))
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=theta[0]))
+        b = 4.0 if z1.item() > 0.5 else -4.0
+        pyro.sample("z2", dist.Bernoulli(logits=theta[1] + b))
+
+    return model, guide, ()
+
+
+def numpy_round_trip():
+    """The guide sends a sample through NumPy and back: no provenance survives."""
+    import numpy as np
+
+    def model():
+        z1 = pyro.sample("z1", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1))
+        z2 = pyro.sample("z2", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(z1.sum(-1) - 2.0 * z2, 1.0), obs=torch.tensor(0.5))
+
+    def guide():
+        theta = pyro.param("theta", torch.tensor([0.3, -0.2, 0.1]))
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=theta[:2]).to_event(1))
+        k = torch.as_tensor(np.asarray(z1.detach().numpy()).sum(-1), dtype=theta.dtype)
+        pyro.sample("z2", dist.Bernoulli(logits=theta[2] + 3.0 * k - 3.0))
+
+    return model, guide, ()
+
+
+def model_python_branch():
+    """The model indexes with ``.item()`` on a sample: it does not broadcast."""
+
+    def model():
+        locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+        z = pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.3, 0.4])))
+        pyro.sample("x", dist.Normal(locs[z.item()], 1.0), obs=torch.tensor(0.6))
+
+    def guide():
+        phi = pyro.param("phi", torch.tensor([0.2, -0.4, 0.3]))
+        pyro.sample("z", dist.Categorical(logits=phi))
+
+    return model, guide, ()
+
+
+def plate_dependent():
+    """Per-datapoint two-layer latents in a data plate (q(z2_n | z1_n)) with a global one."""
+    data = torch.tensor([0.5, -1.0, 1.5])
+
+    def model(data):
+        w = pyro.param("w", torch.tensor(0.9))
+        g = pyro.sample("g", dist.Bernoulli(0.5))
+        with pyro.plate("data", len(data)):
+            z1 = pyro.sample("z1", dist.Bernoulli(0.4))
+            z2 = pyro.sample("z2", dist.Bernoulli(0.3 + 0.3 * z1))
+            pyro.sample("x", dist.Normal(w * z1 + z2 - g, 1.0), obs=data)
+
+    def guide(data):
+        t = pyro.param("t", torch.tensor(0.2))
+        enc = pyro.param("enc", torch.tensor([0.3, -0.5, 0.8]))
+        u = pyro.param("u", torch.tensor([1.2, -0.4]))
+        g = pyro.sample("g", dist.Bernoulli(logits=t))
+        with pyro.plate("data", len(data)):
+            z1 = pyro.sample("z1", dist.Bernoulli(logits=enc + 0.5 * g))
+            pyro.sample("z2", dist.Bernoulli(logits=u[0] * z1 + u[1]))
+
+    return model, guide, (data,)
+
+
 ALL = {
     "vector_bernoulli": vector_bernoulli,
     "plate_bernoulli": plate_bernoulli,
@@ -204,4 +335,23 @@ ALL = {
     "nested_plates": nested_plates,
     "sequential_plate": sequential_plate,
     "poisson": poisson,
+    "categorical_then_bernoulli": categorical_then_bernoulli,
+    "two_layer_bernoulli": two_layer_bernoulli,
+    "normal_given_categorical": normal_given_categorical,
+    "python_branch": python_branch,
+    "numpy_round_trip": numpy_round_trip,
+    "plate_dependent": plate_dependent,
+    "model_python_branch": model_python_branch,
 }
+
+#: guides where a site's distribution depends on a sampled discrete value
+DEPENDENT = (
+    "categorical_then_bernoulli",
+    "two_layer_bernoulli",
+    "normal_given_categorical",
+    "python_branch",
+    "numpy_round_trip",
+    "plate_dependent",
+)
+#: programs that do not broadcast over a batch dimension (Python on a sample's value)
+NOT_BROADCASTING = ("python_branch", "model_python_branch")

@@ -108,8 +108,8 @@ def param_leaves():
     return dict(pyro.get_param_store().named_parameters())
 
 
-def exact_grads(model, guide, *args, **kwargs):
-    loss = exact_loss(model, guide, *args, **kwargs)
+def exact_grads(model, guide, *args, loss_fn=exact_loss, **kwargs):
+    loss = loss_fn(model, guide, *args, **kwargs)
     params = param_leaves()
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     return {
@@ -131,8 +131,11 @@ def estimated_grads(elbo, model, guide, num_samples, *args, **kwargs):
     return {name: torch.stack(gs) for name, gs in draws.items()}
 
 
-def check_unbiased(elbo, model, guide, num_samples, *args, num_se=4.0, **kwargs):
-    """Compares the estimator's mean gradient with the exact one for every parameter element.
+def check_unbiased(
+    elbo, model, guide, num_samples, *args, num_se=4.0, loss_fn=exact_loss, **kwargs
+):
+    """Compares the estimator's mean gradient with the exact one for every parameter element
+    (``loss_fn(model, guide, *args)``: the exact -ELBO, :func:`exact_loss` by default).
 
     :returns: ``(ok, report)`` where ``ok`` is True iff every element satisfies
         ``|mean - exact| <= num_se * standard error`` (plus a 1e-9 floor for round-off, which
@@ -140,7 +143,7 @@ def check_unbiased(elbo, model, guide, num_samples, *args, num_se=4.0, **kwargs)
     """
     # Create the parameters first so the oracle and the estimator see the same leaves.
     init_params(model, guide, *args, **kwargs)
-    exact = exact_grads(model, guide, *args, **kwargs)
+    exact = exact_grads(model, guide, *args, loss_fn=loss_fn, **kwargs)
     draws = estimated_grads(elbo, model, guide, num_samples, *args, **kwargs)
     ok, lines = True, []
     for name, g in draws.items():

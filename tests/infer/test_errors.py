@@ -74,3 +74,18 @@ def test_guide_site_outside_the_models_plate(elbo):
 
     with pytest.raises(ValueError, match=r"site 'z'"):
         elbo.loss_and_grads(model, guide)
+
+
+@pytest.mark.parametrize("case,site", [("python_branch", "z1"), ("model_python_branch", "z")])
+def test_program_that_does_not_broadcast_is_named_when_batching_is_required(case, site):
+    model, guide, args = cases.ALL[case]()
+    elbo = ARSM_ELBO(vectorize_alternatives=True)
+    match = r"does not broadcast.*'{}'.*vectorize_alternatives=False".format(site)
+    with pytest.raises(ValueError, match=match):
+        for _ in range(50):  # a call with a single distinct alternative broadcasts fine
+            elbo.loss_and_grads(model, guide, *args)
+
+
+def test_bad_vectorize_alternatives():
+    with pytest.raises(ValueError, match="vectorize_alternatives"):
+        ARSM_ELBO(vectorize_alternatives="yes")

@@ -2,9 +2,13 @@
 4 Monte Carlo standard errors, for every model and guide parameter; and deliberately wrong
 variants fail the same check."""
 
+import pyro
 import pytest
+import torch
 
+import pyro.distributions as dist
 import pyro_relax.infer.discrete_elbo as discrete_elbo
+import pyro_relax.infer.substitution as substitution
 from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 from . import cases
@@ -21,14 +25,27 @@ ESTIMATORS = {
     "disarm2-vectorized": lambda: ARSM_ELBO(
         num_particles=2, vectorize_particles=True, bernoulli="disarm"
     ),
+    "disarm-one-at-a-time": lambda: ARSM_ELBO(bernoulli="disarm", vectorize_alternatives=False),
 }
+VECTORIZED = {"loo3-vectorized", "vargrad3-vectorized", "disarm2-vectorized"}
 
 SUPPORTS_POISSON = {"loo3", "loo3-vectorized", "vargrad2", "vargrad3-vectorized"}
 
 # Particles run in sequence only change how per-particle tensors are laid out, so the
 # sequential variants are checked on a subset of the cases.
 SEQUENTIAL = {"loo3", "vargrad2"}
-SEQUENTIAL_CASES = {"plate_bernoulli", "mixed", "subsampled", "sequential_plate", "poisson"}
+SEQUENTIAL_CASES = {
+    "plate_bernoulli",
+    "mixed",
+    "subsampled",
+    "sequential_plate",
+    "poisson",
+    "two_layer_bernoulli",
+    "python_branch",
+}
+# Scoring alternatives one at a time is checked on the programs that need it and on the
+# dependent guides.
+ONE_AT_A_TIME_CASES = set(cases.DEPENDENT) | set(cases.NOT_BROADCASTING) | {"plate_bernoulli"}
 
 
 def _pairs():
@@ -38,6 +55,10 @@ def _pairs():
                 continue  # ARSM_ELBO refuses Poisson sites (tested in test_errors.py)
             if estimator in SEQUENTIAL and case not in SEQUENTIAL_CASES:
                 continue
+            if estimator == "disarm-one-at-a-time" and case not in ONE_AT_A_TIME_CASES:
+                continue
+            if estimator in VECTORIZED and case in cases.NOT_BROADCASTING:
+                continue  # Pyro's vectorized particles need broadcasting programs too
             yield estimator, case
 
 
@@ -86,3 +107,36 @@ def test_power_disarm_without_sigmoid_weight(monkeypatch):
     model, guide, args = cases.ALL["vector_bernoulli"]()
     ok, report = check_unbiased(ARSM_ELBO(bernoulli="disarm"), model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect a wrong DisARM weight:\n" + report
+
+
+@pytest.mark.parametrize(
+    "case", ["categorical_then_bernoulli", "two_layer_bernoulli", "normal_given_categorical"]
+)
+def test_power_downstream_sites_not_redrawn(monkeypatch, case):
+    # WRONG: the guide is not run again, so sites downstream of a changed value keep their
+    # sample (drawn from the old conditional).
+    monkeypatch.setattr(substitution, "guide_rerun_needed", lambda first, num_sites: False)
+    model, guide, args = cases.ALL[case]()
+    ok, report = check_unbiased(ARSM_ELBO(), model, guide, NUM_SAMPLES, *args)
+    assert not ok, "the harness failed to detect stale downstream sites:\n" + report
+
+
+def test_independence_is_not_cached_across_calls():
+    """A guide that is independent on its first call and dependent later (an argument switches
+    it) is still handled on the later calls."""
+
+    def model(dependent):
+        z1 = pyro.sample("z1", dist.Bernoulli(0.5))
+        z2 = pyro.sample("z2", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(3.0 * z1 - 2.0 * z2, 1.0), obs=torch.tensor(1.0))
+
+    def guide(dependent):
+        theta = pyro.param("theta", torch.tensor([0.3, -0.2]))
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=theta[0]))
+        shift = 4.0 * (2.0 * z1 - 1.0) if dependent else 0.0
+        pyro.sample("z2", dist.Bernoulli(logits=theta[1] + shift))
+
+    elbo = ARSM_ELBO(bernoulli="disarm")
+    elbo.loss_and_grads(model, guide, False)
+    ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, True)
+    assert ok, report
