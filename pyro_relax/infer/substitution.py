@@ -120,7 +120,7 @@ def common_random_redraw(fn, site):
 
 
 def site_log_prob(site, override=None):
-    """``log p`` of a trace site (scaled and masked like :meth:`Trace.compute_log_prob`),
+    """``log p`` of a trace site (scaled and masked like :meth:`~pyro.poutine.Trace.compute_log_prob`),
     optionally computed by ``override(fn, value)`` instead of ``fn.log_prob``."""
     if override is None:
         log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -256,7 +256,24 @@ def guide_rerun_needed(first, num_sites):
     return first < num_sites - 1
 
 
-def run_rows(elbo, particle, plan, grad=False):
+def _row_totals(model_trace, guide_trace, num_rows, rank):
+    """Every ``log p - log q`` term summed, per row: shape ``(R,)`` when the rows are batched
+    (``rank`` dims, the rows dim first), a scalar for one row (``num_rows`` None)."""
+    total = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            log_p = site["log_prob"]
+            if num_rows is None:
+                total = total + sign * log_p.sum()
+            else:
+                log_p = left_pad(log_p, rank)
+                total = total + sign * log_p.reshape(log_p.shape[0], -1).sum(-1).expand(num_rows)
+    return total
+
+
+def run_rows(elbo, particle, plan, grad=False, totals=False):
     """Scores the rows of ``plan``: re-runs the guide (from the first substituted site on,
     when any sample site follows it) and the model, and returns, for each site in
     ``plan.names``, its per-plate-cell learning signal at each row, of shape ``(R,) + cell``.
@@ -271,6 +288,7 @@ def run_rows(elbo, particle, plan, grad=False):
     :param particle: the :class:`~pyro_relax.infer.Particle` to re-run.
     :param RowPlan plan: what to substitute.
     :param bool grad: keep the autograd graph (RELAX) or not (ARM, ARSM).
+    :param bool totals: also return each row's sum of all terms, shape ``(R,)``.
     """
     rank = elbo.max_plate_nesting + 1
     order = [
@@ -289,9 +307,12 @@ def run_rows(elbo, particle, plan, grad=False):
                 model_trace, guide_trace = _run_once(
                     particle, plan, positions, rerun_guide, None, rank, tracker
                 )
-                return learning_signals(
+                signals = learning_signals(
                     model_trace, guide_trace, plan.names, rank=rank, detach=not grad
                 )
+                if not totals:
+                    return signals
+                return signals, _row_totals(model_trace, guide_trace, plan.num_rows, rank)
             except Exception as error:  # the program did not broadcast over the rows
                 where = _where(tracker)
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -315,7 +336,7 @@ def run_rows(elbo, particle, plan, grad=False):
                     message,
                 )
                 elbo._rows_one_at_a_time = True
-        signals = []
+        signals, row_totals = [], []
         for row in range(plan.num_rows):
             model_trace, guide_trace = _run_once(
                 particle, plan, positions, rerun_guide, row, rank, {}
@@ -325,11 +346,15 @@ def run_rows(elbo, particle, plan, grad=False):
                     model_trace, guide_trace, plan.names, rank=rank - 1, detach=not grad
                 )
             )
+            if totals:
+                row_totals.append(_row_totals(model_trace, guide_trace, None, rank))
     out = {}
     for name in plan.names:
         values = torch.broadcast_tensors(*[s[name] for s in signals])
         out[name] = torch.stack(values)
-    return out
+    if not totals:
+        return out
+    return out, torch.stack([torch.as_tensor(t) for t in row_totals])
 
 
 def _where(tracker):
