@@ -1,9 +1,36 @@
-"""Command-line arguments shared by the tutorial models and benchmarks (Pyro's examples style).
+"""Command-line arguments shared by the tutorial models (Pyro's examples style).
 
-Run every CLI as a module from the repository root, e.g. ``python -m models.sorting``.
+Run every CLI as a module from the repository root, e.g. ``python -m models.sorting --help``.
+Each module has a ``make_parser()`` and a ``main(args)`` that tests and notebooks can import.
 """
 
-__all__ = ["add_common_arguments"]
+import argparse
+import os
+
+from models.data import DEFAULT_DATA_DIR, missing_files
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "add_common_arguments",
+    "add_data_argument",
+    "check_data_dir",
+    "make_parser",
+]
+
+
+def make_parser(name, description):
+    """An :class:`argparse.ArgumentParser` for ``python -m models.<name>`` that shows every
+    option's default in ``--help``.
+
+    :param str name: the module's name under ``models``, e.g. ``"sorting"``.
+    :param str description: what the command does.
+    :returns: the parser.
+    """
+    return argparse.ArgumentParser(
+        prog=f"python -m models.{name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
 
 
 def add_common_arguments(parser, seed=True):
@@ -23,3 +50,46 @@ def add_common_arguments(parser, seed=True):
         help="torch intra-op threads; on 2-core machines 1 is much faster for small ops",
     )
     return parser
+
+
+def add_data_argument(parser):
+    """Adds ``--data-dir``, the folder holding the Fashion-MNIST idx(.gz) files.
+
+    :param argparse.ArgumentParser parser: the parser to extend.
+    :returns: the parser.
+    """
+    parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="folder with the Fashion-MNIST idx(.gz) files, as installed by the Debian "
+        "package dataset-fashion-mnist; nothing is downloaded",
+    )
+    return parser
+
+
+def check_data_dir(data_dir, splits=("train", "test")):
+    """Checks that ``data_dir`` holds the idx files of ``splits`` and prints the folder used.
+
+    :param str data_dir: the value of ``--data-dir``.
+    :param tuple splits: the splits the command reads.
+    :returns: the folder, as an absolute path.
+    :raises SystemExit: (non-zero) with a message naming ``--data-dir`` and the folder if it
+        does not exist, is not a folder, or lacks some of the files.
+    """
+    folder = os.path.abspath(os.path.expanduser(data_dir))
+    if not os.path.exists(folder):
+        problem = "the folder does not exist"
+    elif not os.path.isdir(folder):
+        problem = "it is a file, not a folder"
+    else:
+        missing = missing_files(folder, splits)
+        problem = "it lacks {}".format(", ".join(f"{m}[.gz]" for m in missing)) if missing else None
+    if problem is not None:
+        raise SystemExit(
+            f"error: --data-dir {folder}: no Fashion-MNIST idx files there ({problem}). "
+            "Install them with `apt-get update && apt-get install -y dataset-fashion-mnist` "
+            f"(into {DEFAULT_DATA_DIR}), or pass --data-dir <folder holding the idx files>. "
+            "Nothing is downloaded."
+        )
+    print(f"# data: Fashion-MNIST from {folder}", flush=True)
+    return folder

@@ -12,9 +12,12 @@ import os
 
 import numpy as np
 
-__all__ = ["DEFAULT_PATHS", "load_fashion_mnist", "read_idx"]
+__all__ = ["DEFAULT_DATA_DIR", "DEFAULT_PATHS", "load_fashion_mnist", "missing_files", "read_idx"]
 
-DEFAULT_PATHS = ("/usr/share/datasets/fashion-mnist",)
+#: Where the Debian package ``dataset-fashion-mnist`` installs the idx files.
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+#: Folders :func:`load_fashion_mnist` searches after the one it is given.
+DEFAULT_PATHS = (DEFAULT_DATA_DIR,)
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -62,6 +65,18 @@ def _find(directory, stem):
         if os.path.isfile(candidate):
             return candidate
     return None
+
+
+def missing_files(directory, splits=("train", "test")):
+    """
+    The idx files of ``splits`` that ``directory`` lacks (in neither plain nor ``.gz`` form).
+
+    :param str directory: a folder.
+    :param tuple splits: ``"train"`` and/or ``"test"``.
+    :returns: the missing files' names, without the ``.gz`` suffix; empty if none is missing.
+    :rtype: list
+    """
+    return [stem for split in splits for stem in _FILES[split] if _find(directory, stem) is None]
 
 
 def load_fashion_mnist(path=None, split="train"):

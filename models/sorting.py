@@ -20,13 +20,12 @@ Reference:
     Gumbel-Sinkhorn Networks." ICLR 2018.
 """
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
-from models.cli import add_common_arguments
+from models import cli
 from pyro_relax.distributions import GumbelSinkhorn
 from pyro_relax.ops import matching
 
@@ -161,22 +160,33 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description="Gumbel-Sinkhorn number sorting")
-    parser.add_argument("--n", type=int, nargs="+", default=[5, 10, 15, 80, 100, 120])
-    parser.add_argument("--num-steps", type=int, default=1000)
-    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser = cli.make_parser(
+        "sorting",
+        "Learning to sort numbers (Mena et al. 2018, Sec. 6.1): for each sequence length N, "
+        "train a per-number network whose scores define a Gumbel-Sinkhorn relaxed "
+        "permutation of N uniform numbers, then print the proportion of misplaced numbers, "
+        "of sequences with any error, and Kendall's tau on held-out sequences. The data "
+        "are synthetic (drawn afresh at each step).",
+    )
+    parser.add_argument("--n", type=int, nargs="+", default=[5, 10, 15, 80, 100, 120],
+                        help="sequence lengths N, one network per length")
+    parser.add_argument("--num-steps", type=int, default=1000, help="Adam steps per network")
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="Adam learning rate")
     parser.add_argument("--lr-final", type=float, default=0.01,
                         help="final learning rate as a fraction of --learning-rate")
     parser.add_argument("--decay-fraction", type=float, default=0.5,
                         help="fraction of the steps with cosine learning-rate decay")
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=10, help="sequences per step")
     parser.add_argument("--num-samples", type=int, default=5,
                         help="Gumbel samples per sequence")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--sinkhorn-iters", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--num-test", type=int, default=1000)
-    add_common_arguments(parser)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="Gumbel-Sinkhorn temperature tau")
+    parser.add_argument("--sinkhorn-iters", type=int, default=10,
+                        help="Sinkhorn normalization iterations")
+    parser.add_argument("--hidden", type=int, default=32,
+                        help="hidden units of the per-number network")
+    parser.add_argument("--num-test", type=int, default=1000, help="held-out sequences per N")
+    cli.add_common_arguments(parser)
     return parser
 
 

@@ -1,6 +1,7 @@
 """The papers' toy problems, driven through Pyro's ``SVI`` and the ELBO API.
 
-- **Bernoulli toy** (Tucker et al. 2017, Grathwohl et al. 2018 Fig. 1): minimise
+- **Bernoulli toy**, as compared in the DisARM paper (Dong, Mnih & Tucker 2020; the problem
+  is from Tucker et al. 2017 and Grathwohl et al. 2018, Fig. 1): minimise
   :math:`E_{b \\sim \\mathrm{Bern}(\\sigma(\\theta))}[(b - t)^2]` with :math:`t = 0.499`; the exact
   gradient at :math:`p = 0.5` is :math:`0.25 (1 - 2t)`.
 - **ARSM toy** (Yin, Yue & Zhou 2019, Sec. 5.1): maximise
@@ -19,7 +20,6 @@ Examples::
     python -m models.toys categorical --num-steps 5000 --seeds 0 1 2
 """
 
-import argparse
 import time
 
 import pyro
@@ -29,7 +29,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import SGD
 
-from models.cli import add_common_arguments
+from models import cli
 from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 __all__ = [
@@ -192,17 +192,35 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description="The RELAX/REBAR Bernoulli toy and the ARSM toy")
-    parser.add_argument("problem", nargs="?", default="all", choices=["all", "bernoulli", "categorical"])
-    parser.add_argument("--num-samples", type=int, default=20000, help="gradient samples (Bernoulli toy)")
-    parser.add_argument("--target", type=float, default=0.499)
-    parser.add_argument("--num-steps", type=int, default=5000)
-    parser.add_argument("--learning-rate", type=float, default=1.0)
-    parser.add_argument("--num-categories", type=int, default=30)
+    parser = cli.make_parser(
+        "toys",
+        "Two toy problems, run through Pyro's SVI and ELBO API. Bernoulli toy (as in the "
+        "DisARM paper): mean and variance of each estimator's gradient of "
+        "E[(b - t)^2], b ~ Bernoulli(sigmoid(theta)), at theta = 0, for REINFORCE (Trace_ELBO), ReinforceLOO_ELBO, "
+        "VarGrad_ELBO, ARM and DisARM. ARSM toy (Yin, Yue & Zhou 2019): SGD ascent on "
+        "E[0.5 + (z + 1) / (C R)], z ~ Categorical(softmax(phi)), C = R = --num-categories; "
+        "prints the probability of the best category per estimator and seed.",
+    )
+    parser.add_argument("problem", nargs="?", default="all",
+                        choices=["all", "bernoulli", "categorical"],
+                        help="which toy to run")
+    parser.add_argument("--num-samples", type=int, default=20000,
+                        help="gradient samples per estimator (Bernoulli toy)")
+    parser.add_argument("--target", type=float, default=0.499,
+                        help="the target t of E[(b - t)^2] (Bernoulli toy)")
+    parser.add_argument("--num-steps", type=int, default=5000,
+                        help="SGD steps (ARSM toy)")
+    parser.add_argument("--learning-rate", type=float, default=1.0,
+                        help="SGD step size (ARSM toy)")
+    parser.add_argument("--num-categories", type=int, default=30,
+                        help="categories C, also the reward scale R (ARSM toy)")
     parser.add_argument("--estimators", nargs="+", default=["exact", "arsm", "reinforce"],
-                        choices=sorted(CATEGORICAL_ESTIMATORS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    add_common_arguments(parser, seed=False)
+                        choices=sorted(CATEGORICAL_ESTIMATORS),
+                        help="gradient estimators (ARSM toy); exact is exact gradient ascent")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="random seeds: one ARSM-toy run per seed; the Bernoulli toy "
+                        "uses the first")
+    cli.add_common_arguments(parser, seed=False)
     return parser
 
 

@@ -106,6 +106,13 @@ class BirkhoffRounding(TorchDistribution):
         return new
 
     def rsample(self, sample_shape=torch.Size()):
+        """
+        Draw :math:`X = \\tau \\Psi + (1 - \\tau)\\, \\mathsf{round}(\\Psi)`, differentiable in
+        ``loc`` and ``scale`` with the rounding held fixed (see the class docstring).
+
+        :param torch.Size sample_shape: leading sample shape.
+        :returns: a tensor of shape ``sample_shape + batch_shape + (N, N)``.
+        """
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         psi = self.loc + self.scale * eps
@@ -115,6 +122,14 @@ class BirkhoffRounding(TorchDistribution):
         return value
 
     def log_prob(self, value):
+        """
+        Exact log-density of ``value`` (see the class docstring); ``-inf`` outside the image
+        of the rounding map. A sample that :meth:`rsample` just returned is scored without
+        solving the matching again.
+
+        :param torch.Tensor value: matrices of shape ``sample_shape + batch_shape + (N, N)``.
+        :returns: a tensor of shape ``sample_shape + batch_shape``.
+        """
         if self._validate_args:
             self._validate_sample(value)
         n = self.event_shape[-1]

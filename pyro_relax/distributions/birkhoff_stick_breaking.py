@@ -330,18 +330,22 @@ class BirkhoffStickBreaking(TransformedDistribution):
 
     @property
     def loc(self):
+        """Means :math:`\\mu` of the Gaussian on the free coordinates."""
         return self.base_dist.base_dist.loc
 
     @property
     def scale(self):
+        """Standard deviations :math:`\\nu` of the Gaussian on the free coordinates."""
         return self.base_dist.base_dist.scale
 
     @property
     def n(self):
+        """Matrix size :math:`N`."""
         return self.transforms[0].n
 
     @property
     def temperature(self):
+        """Temperature :math:`\\tau` of the logistic map."""
         return self.transforms[0].temperature
 
     def expand(self, batch_shape, _instance=None):

@@ -14,7 +14,7 @@ class _DoublyStochastic(Constraint):
     matrices, the convex hull of the permutation matrices by the Birkhoff-von Neumann
     theorem).
 
-    :meth:`check` accepts row and column sums within :attr:`atol` of one, and entries no
+    ``check(value)`` accepts row and column sums within ``atol`` of one, and entries no
     smaller than ``-atol``; values that are not square in their last two dims fail.
 
     Reference:

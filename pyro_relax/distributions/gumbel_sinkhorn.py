@@ -150,6 +150,15 @@ class GumbelSinkhorn(TorchDistribution):
         return (self.log_alpha + gumbel) / self._tau
 
     def rsample(self, sample_shape=torch.Size()):
+        """
+        Draw relaxed permutation matrices :math:`S` (or, with ``hard=True``, exact ones with
+        the relaxed gradient), reparametrized in ``log_alpha`` and ``temperature``. The
+        perturbed matrix :math:`X` behind each sample is attached as ``value._perturbed``
+        for :meth:`log_prob`.
+
+        :param torch.Size sample_shape: leading sample shape.
+        :returns: a tensor of shape ``sample_shape + batch_shape + (N, N)``.
+        """
         perturbed = self.perturb(sample_shape)
         soft = log_sinkhorn(perturbed, self.num_iters).exp()
         if self.hard:

@@ -167,7 +167,7 @@ class DiscreteELBO(ELBO):
     # ------------------------------------------------------------------ extension points
     def _sample_site(self, name: str, fn) -> Optional[tuple]:
         """Draws a non-reparameterizable guide site's value. Return ``(value, noise)`` to set the
-        value (``noise`` is stored in :attr:`Particle.noise`), or ``None`` for ``fn.sample()``."""
+        value (``noise`` is stored in :attr:`Particle.noise <pyro_relax.infer.Particle>`), or ``None`` for ``fn.sample()``."""
         return None
 
     def _redraw_site(self, name: str, fn, noise) -> Optional[torch.Tensor]:
@@ -334,8 +334,11 @@ class DiscreteELBO(ELBO):
 
     # ------------------------------------------------------------------ the ELBO interface
     def loss(self, model, guide, *args, **kwargs):
-        """:returns: an estimate of ``-ELBO``, averaged over ``num_particles``.
-        :rtype: float"""
+        """Estimates the ``-ELBO``.
+
+        :returns: an estimate of ``-ELBO``, averaged over ``num_particles``.
+        :rtype: float
+        """
         elbo = 0.0
         with torch.no_grad():
             for particle in self._get_traces(model, guide, args, kwargs):
@@ -351,8 +354,11 @@ class DiscreteELBO(ELBO):
         return -elbo, -surrogate_elbo
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        """:returns: a tensor whose value is the ``-ELBO`` estimate and whose gradient is the
-        estimator's (``0.0`` for a program with no sites, as :class:`~pyro.infer.Trace_ELBO`)."""
+        """The ``-ELBO`` estimate as a differentiable tensor.
+
+        :returns: a tensor whose value is the ``-ELBO`` estimate and whose gradient is the
+            estimator's (``0.0`` for a program with no sites, as :class:`~pyro.infer.Trace_ELBO`).
+        """
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         warn_if_nan(loss, "loss")
         return loss + (surrogate_loss - _detach(surrogate_loss))

@@ -24,7 +24,7 @@ def matching(log_alpha):
     ``N = 1000`` matrices, so we choose scipy on every device.
 
     **Masking.** Encode forbidden entries by a large finite negative value such as
-    :data:`~pyro_relax.ops.sinkhorn.MASK_VALUE` (``-1e9``); ``-inf`` entries are
+    :data:`~pyro_relax.ops.MASK_VALUE` (``-1e9``); ``-inf`` entries are
     replaced by it, so an infeasible mask (e.g. a fully masked row) still returns a permutation
     instead of raising.
 

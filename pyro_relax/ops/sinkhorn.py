@@ -58,8 +58,8 @@ def log_sinkhorn(log_alpha, num_iters=20, tol=None):
     doubly stochastic matrix (Sinkhorn, 1964). Each iteration is one row step followed
     by one column step, so the columns of the result sum to one exactly and the rows
     approximately. Batched over all leading dimensions (on CPU, large batches are
-    processed in chunks of about 2^18 entries; each step is a fused
-    :func:`torch.log_softmax`).
+    processed in chunks of about 2^18 entries; each step is one fused log-softmax,
+    :func:`torch.nn.functional.log_softmax`).
 
     The result is ``log_alpha + r[..., :, None] + c[..., None, :]`` for some row and
     column offsets, hence its hard :func:`~pyro_relax.ops.matching` equals that of

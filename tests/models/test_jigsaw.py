@@ -72,7 +72,7 @@ def test_pieces_scramble_unscramble(k):
 def test_jigsaw_smoke(tmp_path, capsys):
     _write_dataset(tmp_path, 256, 64)
     args = make_parser().parse_args(
-        ["--data-path", str(tmp_path), "--grid", "2", "--num-steps", "60"]
+        ["--data-dir", str(tmp_path), "--grid", "2", "--num-steps", "60"]
         + ["--batch-size", "16", "--threads", "1"]
     )
     (row,) = main(args)
@@ -81,4 +81,6 @@ def test_jigsaw_smoke(tmp_path, capsys):
     assert row["prop_correct"] > 0.6
     assert row["prop_correct_content"] >= row["prop_correct"]
     assert 0 <= row["prop_solved"] <= 1
-    assert "prop solved" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prop solved" in out
+    assert f"# data: Fashion-MNIST from {tmp_path}\n" in out  # the folder it read
