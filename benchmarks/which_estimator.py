@@ -12,8 +12,9 @@ Four guide shapes, each on binarized 8x8 digits bundled with scikit-learn (batch
 For each estimator: model evaluations per step, encoder-gradient variance (summed over the
 encoder's parameters, at the initial parameters), the signal-to-noise ratio
 ``|mean| / std`` of the encoder gradient (median over its elements), median ms per
-``loss_and_grads`` call, and the loss before and after ``--train-steps`` SVI steps (Adam, lr
-``--lr``, mean of the first and last 20 steps). It also trains ``ReinforceLOO_ELBO(2)`` and
+``loss_and_grads`` call, and the loss after ``--train-steps`` SVI steps (Adam, lr ``--lr``,
+mean of the last 20 steps; mean and standard deviation over ``--seeds``, with the first 20
+steps' mean for scale). It also trains ``ReinforceLOO_ELBO(2)`` and
 ``VarGrad_ELBO(2)`` side by side on the discrete-only guide from the same seed and reports the
 largest parameter difference after ``--train-steps`` steps (the two are the same estimator when
 every guide site is discrete).
@@ -24,7 +25,6 @@ Usage::
 """
 
 import argparse
-import copy
 import statistics
 import time
 
@@ -202,24 +202,29 @@ def train(make_elbo, model, guide, x, steps, lr):
 
 def run_problem(title, build, estimators, x, args):
     print("\n" + title)
-    header = "| estimator | evals/step | encoder-grad variance | median SNR | ms/call | loss first 20 -> last 20 |"
+    header = ("| estimator | evals/step | encoder-grad variance | median SNR | ms/call | "
+              "loss, first 20 steps | loss, last 20 steps (mean +- sd over {} seeds) |".format(len(args.seeds)))
     print(header)
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, make in estimators.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         model, guide, encoder = build(x)
-        init = copy.deepcopy(encoder.state_dict())
         guide(x)  # create the params
         params = list(encoder.parameters())
         var, snr, evals = gradient_stats(make, model, guide, x, params, args.num_samples)
         ms = ms_per_call(make, model, guide, x, args.calls, args.repeats)
-        encoder.load_state_dict(init)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        first, last = train(make, model, guide, x, args.train_steps, args.lr)
-        print("| {} | {:.1f} | {:.3e} | {:.3f} | {:.2f} | {:.1f} -> {:.1f} |".format(
-            name, evals, var, snr, ms, first, last))
+        firsts, lasts = [], []
+        for seed in args.seeds:
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            model, guide, encoder = build(x)
+            first, last = train(make, model, guide, x, args.train_steps, args.lr)
+            firsts.append(first)
+            lasts.append(last)
+        print("| {} | {:.1f} | {:.3e} | {:.3f} | {:.2f} | {:.1f} | {:.1f} +- {:.1f} |".format(
+            name, evals, var, snr, ms, statistics.mean(firsts), statistics.mean(lasts),
+            statistics.stdev(lasts) if len(lasts) > 1 else 0.0))
 
 
 def loo_vs_vargrad(x, args):
@@ -296,6 +301,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     parser.add_argument("--train-steps", type=int, default=300, help="SVI steps per estimator")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument(
         "--problems", nargs="+", default=["discrete", "mixed", "dependent", "poisson"],
         choices=["discrete", "mixed", "dependent", "poisson"], help="guide shapes to run",

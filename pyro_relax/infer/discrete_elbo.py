@@ -237,6 +237,12 @@ class DiscreteELBO(ELBO):
             kwargs,
         )
 
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Pyro's guess runs model and guide once; keep it off the user's random stream, so that
+        # a run resumed from a saved param store and RNG state draws what it would have drawn.
+        with _forked_rng():
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
     def _warn_baselines(self, guide_trace):
         for name, site in guide_trace.nodes.items():
             if (
@@ -429,6 +435,12 @@ class DiscreteELBO(ELBO):
                 if not is_identically_zero(entropy_term):
                     surrogate = surrogate - entropy_term.sum()
         return surrogate
+
+
+def _forked_rng():
+    """Torch's CPU (and initialized CUDA) random state, restored on exit."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def _check_plate_sizes(model_trace, guide_trace):

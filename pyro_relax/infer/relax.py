@@ -18,7 +18,7 @@ from pyro_relax.distributions.relaxed_conditioned import (
     categorical_pre_activation,
 )
 
-from .discrete_elbo import DiscreteELBO
+from .discrete_elbo import DiscreteELBO, _forked_rng
 from .substitution import RowPlan, run_rows
 from .util import discrete_site_info, learning_signals, left_pad
 
@@ -239,16 +239,18 @@ class RELAX_ELBO(DiscreteELBO):
                 discrete, var = self._discrete_surrogate(p)
                 surrogate = surrogate + discrete
                 variance = variance + var
-        params = list(self._surrogate_params.values())
-        if torch.is_tensor(variance) and variance.requires_grad and params:
-            grads = torch.autograd.grad(variance, params, allow_unused=True)
-            term = sum(
-                (g.detach() * q).sum() for g, q in zip(grads, params) if g is not None
-            )
-            if torch.is_tensor(term):
-                # value 0, gradient d variance / d(eta, lambda, rho) for those params only
-                surrogate = surrogate - (term - term.detach()) * self.num_particles
+        surrogate = surrogate - self._variance_term(variance) * self.num_particles
         return surrogate / self.num_particles
+
+    def _variance_term(self, variance):
+        """A term of value 0 whose gradient is ``d variance / d(eta, lambda, rho)`` for the
+        control variate's parameters and zero for every other parameter."""
+        params = list(self._surrogate_params.values())
+        if not (torch.is_tensor(variance) and variance.requires_grad and params):
+            return 0.0
+        grads = torch.autograd.grad(variance, params, allow_unused=True)
+        term = sum((g.detach() * q).sum() for g, q in zip(grads, params) if g is not None)
+        return term - term.detach() if torch.is_tensor(term) else 0.0
 
     def _site_params(self, name, site, cell_dims, relaxed_like):
         """The control variate's trainable state for site ``name``."""
@@ -277,9 +279,10 @@ class RELAX_ELBO(DiscreteELBO):
             else:
                 if name not in self._nets:
                     in_features = int(torch.Size(relaxed_like.shape[cell_dims:]).numel())
-                    self._nets[name] = ControlVariateMLP(
-                        in_features, self.hidden_dims, self.activation
-                    ).to(device=device, dtype=dtype)
+                    with _forked_rng():  # building it must not move the user's RNG stream
+                        self._nets[name] = ControlVariateMLP(
+                            in_features, self.hidden_dims, self.activation
+                        ).to(device=device, dtype=dtype)
                 net = pyro.module(prefix + ".net", self._nets[name], update_module_params=True)
             for pname, q in net.named_parameters():
                 self._surrogate_params["{}.net.{}".format(prefix, pname)] = q
@@ -395,11 +398,11 @@ class RELAX_ELBO(DiscreteELBO):
             if row is not None:
                 j = int(owner[row])
                 if j < k:  # downstream of the row's site: relaxed, same noise
-                    return _relax(s["info"].kind, pre(alpha, u), temperature)
+                    return _taint(_relax(s["info"].kind, pre(alpha, u), temperature))
                 if j > k:  # upstream: the sample
                     return site["value"]
                 z = cond(alpha, s["b"], v) if bool(tilde[row]) else pre(alpha, u)
-                return _relax(s["info"].kind, z, temperature)
+                return _taint(_relax(s["info"].kind, z, temperature))
             u = left_pad(u, alpha.dim())
             v = left_pad(v, alpha.dim())
             b = left_pad(s["b"], alpha.dim())
@@ -409,7 +412,8 @@ class RELAX_ELBO(DiscreteELBO):
             own = (owner == k).reshape(shape)
             upstream = (owner > k).reshape(shape)
             value = torch.where(own & tilde.reshape(shape), relaxed_zt, relaxed_z)
-            return torch.where(upstream, left_pad(site["value"], alpha.dim()).to(value.dtype), value)
+            value = torch.where(upstream, left_pad(site["value"], alpha.dim()).to(value.dtype), value)
+            return _taint(value)
 
         def log_mass(fn, value):
             return _relaxed_log_mass(fn, value, logits_of.get(id(fn)))
@@ -421,10 +425,27 @@ class RELAX_ELBO(DiscreteELBO):
             choose=choose,
             log_prob={m: log_mass for m in order},
         )
-        signals, totals = run_rows(self, p, plan, grad=True, totals=True)
+        try:
+            # argument validation compares values; a relaxed value is checked by the taint
+            with pyro.validation_enabled(False):
+                signals, totals = run_rows(self, p, plan, grad=True, totals=True)
+        except RelaxationError as error:
+            raise ValueError(
+                "{}(control_variate={!r}) evaluates model and guide at relaxed values of the "
+                "discrete sites {} (each in its own evaluation, the later guide sites drawn "
+                "from it), and they must be differentiable functions of those values; {} {}. "
+                "Use control_variate='neural', which does not evaluate the program at relaxed "
+                "values.".format(
+                    type(self).__name__, self.control_variate, order,
+                    str(error).strip().splitlines()[0], getattr(error, "where", ""),
+                )
+            ) from error
+        signals = {m: _plain(x) for m, x in signals.items()}
+        totals = _plain(totals)
         grads = torch.autograd.grad(
             totals.sum(), [t for _, _, t in targets], create_graph=True, allow_unused=True
         )
+        grads = [None if g is None else _plain(g) for g in grads]
         out = {}
         for m in order:
             k = index[m]
@@ -487,6 +508,96 @@ class REBAR_ELBO(RELAX_ELBO):
             prefix=prefix,
             vectorize_alternatives=vectorize_alternatives,
         )
+
+
+# ------------------------------------------------------------------ relaxed values in a program
+class RelaxationError(ValueError):
+    """A program used a relaxed value in a way that is not a differentiable function of it."""
+
+
+_STEP_METHODS = {
+    "item", "tolist", "numpy", "__array__", "__bool__", "__int__", "__float__", "__index__",
+    "__complex__", "detach", "detach_", "long", "int", "short", "char", "byte", "bool",
+    "round", "floor", "ceil", "trunc", "frac", "sign", "sgn", "heaviside", "fmod",
+    "remainder", "argmax", "argmin", "argsort", "gt", "ge", "lt", "le", "eq", "ne",
+    "__gt__", "__ge__", "__lt__", "__le__", "__eq__", "__ne__", "greater", "greater_equal",
+    "less", "less_equal", "equal", "not_equal", "isclose", "allclose", "bucketize",
+    "searchsorted", "nonzero", "unique", "one_hot", "floor_divide", "__floordiv__",
+    "__rfloordiv__", "__mod__", "__rmod__",
+}
+_INTEGRAL_OUTPUT = {"max", "min", "sort", "topk", "kthvalue", "mode", "median", "nanmedian"}
+
+
+def _is_tainted(x):
+    return isinstance(x, _Relaxed)
+
+
+class _Relaxed(torch.Tensor):
+    """A relaxed value, and everything computed from it, in REBAR/RELAX's relaxed evaluation.
+    Operations that are not differentiable (continuous) functions of it raise
+    :class:`RelaxationError`: conversion to Python or NumPy (``.item()``, ``float()``, ``if``),
+    ``.detach()``, integer and boolean casts, comparisons, rounding, ``argmax``, indices."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if func is torch.Tensor.data.__get__:
+            name = "data"
+        tainted = [a for a in _flat(args, kwargs) if _is_tainted(a)]
+        if tainted:
+            if name in _STEP_METHODS or name == "data" or _casts_to_step(name, args, kwargs):
+                raise RelaxationError(
+                    "`{}` applied to a relaxed value (or a value computed from one)".format(name)
+                )
+            with torch._C.DisableTorchFunctionSubclass():
+                integral = any(not a.dtype.is_floating_point for a in tainted)
+            if integral:
+                raise RelaxationError(
+                    "`{}` applied to indices computed from a relaxed value".format(name)
+                )
+        out = super().__torch_function__(func, types, args, kwargs)
+        if tainted and name not in _INTEGRAL_OUTPUT:
+            return _untaint_integral(out)
+        return out
+
+
+def _flat(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+
+
+def _casts_to_step(name, args, kwargs):
+    """``.to(torch.long)``, ``.type(torch.bool)``, ...: casts to an integral or boolean dtype."""
+    if name not in ("to", "type"):
+        return False
+    for a in list(args[1:]) + list(kwargs.values()):
+        if isinstance(a, torch.dtype) and not (a.is_floating_point or a.is_complex):
+            return True
+    return False
+
+
+def _untaint_integral(out):
+    """Integral outputs that do not derive from the relaxed input (e.g. the index operand of
+    ``broadcast_tensors``) stay plain tensors."""
+    if isinstance(out, _Relaxed):
+        with torch._C.DisableTorchFunctionSubclass():
+            floating = out.dtype.is_floating_point
+        return out if floating else out.as_subclass(torch.Tensor)
+    if isinstance(out, (list, tuple)) and not hasattr(out, "_fields"):
+        return type(out)(_untaint_integral(o) for o in out)
+    return out
+
+
+def _taint(x):
+    return x.as_subclass(_Relaxed)
+
+
+def _plain(x):
+    return x.as_subclass(torch.Tensor) if isinstance(x, _Relaxed) else x
 
 
 # ------------------------------------------------------------------ helpers

@@ -315,6 +315,9 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
                 return signals, _row_totals(model_trace, guide_trace, plan.num_rows, rank)
             except Exception as error:  # the program did not broadcast over the rows
                 where = _where(tracker)
+                if isinstance(error, ValueError) and type(error).__name__ == "RelaxationError":
+                    error.where = "(" + where + ")"
+                    raise
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 if mode is True:
                     raise ValueError(
@@ -338,9 +341,15 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
                 elbo._rows_one_at_a_time = True
         signals, row_totals = [], []
         for row in range(plan.num_rows):
-            model_trace, guide_trace = _run_once(
-                particle, plan, positions, rerun_guide, row, rank, {}
-            )
+            tracker = {}
+            try:
+                model_trace, guide_trace = _run_once(
+                    particle, plan, positions, rerun_guide, row, rank, tracker
+                )
+            except ValueError as error:
+                if type(error).__name__ == "RelaxationError":
+                    error.where = "(" + _where(tracker) + ")"
+                raise
             signals.append(
                 learning_signals(
                     model_trace, guide_trace, plan.names, rank=rank - 1, detach=not grad

@@ -84,6 +84,24 @@ def two_sites():
     return model, guide, ()
 
 
+def two_sites_one_hot():
+    """A Bernoulli vector and a OneHotCategorical in the same guide (both relaxable)."""
+
+    def model():
+        mu = pyro.param("mu", torch.tensor([0.0, 1.0, -1.0]))
+        b = pyro.sample("b", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1))
+        c = pyro.sample("c", dist.OneHotCategorical(torch.ones(3) / 3))
+        pyro.sample("x", dist.Normal(b.sum(-1) + (c * mu).sum(-1), 1.0), obs=torch.tensor(1.3))
+
+    def guide():
+        logits = pyro.param("logits", torch.tensor([0.4, -0.6]))
+        phi = pyro.param("phi", torch.tensor([0.2, -0.1, 0.5]))
+        pyro.sample("b", dist.Bernoulli(logits=logits).to_event(1))
+        pyro.sample("c", dist.OneHotCategorical(logits=phi))
+
+    return model, guide, ()
+
+
 def mixed():
     """A reparameterized Normal and a Bernoulli in the same guide."""
 
@@ -329,6 +347,7 @@ ALL = {
     "categorical": categorical,
     "one_hot_categorical": one_hot_categorical,
     "two_sites": two_sites,
+    "two_sites_one_hot": two_sites_one_hot,
     "mixed": mixed,
     "continuous_only": continuous_only,
     "subsampled": subsampled,

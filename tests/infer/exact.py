@@ -109,13 +109,26 @@ def param_leaves():
 
 
 def exact_grads(model, guide, *args, loss_fn=exact_loss, **kwargs):
+    """Exact gradients of the -ELBO for every parameter the program uses (parameters the
+    exact -ELBO does not depend on at all, such as an estimator's control variate, are left
+    out)."""
     loss = loss_fn(model, guide, *args, **kwargs)
     params = param_leaves()
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    used = _used_params(model, guide, args, kwargs)
     return {
         name: torch.zeros_like(p) if g is None else g
         for (name, p), g in zip(params.items(), grads)
+        if g is not None or name in used
     }
+
+
+def _used_params(model, guide, args, kwargs):
+    """Names of the parameters that model and guide create or read."""
+    with poutine.block():
+        tr = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
+        tm = poutine.trace(model, param_only=True).get_trace(*args, **kwargs)
+    return set(tr.nodes) | set(tm.nodes)
 
 
 def estimated_grads(elbo, model, guide, num_samples, *args, **kwargs):
