@@ -27,16 +27,33 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
+from pyro.optim import Adam
 
 from models.cli import add_common_arguments
 from models.toys import bernoulli_toy, categorical_toy
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import ARSM_ELBO, REBAR_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 
-def draw_gradients(make_elbo, model, guide, args, num_samples, params):
+def train_control_variate(elbo, model, guide, args, steps, lr=0.01):
+    """Trains an estimator's own control variate (RELAX, REBAR) at the fixed model and guide
+    parameters: Adam with learning rate 0 for everything else."""
+    if not hasattr(elbo, "control_variate") or steps <= 0:
+        return
+    prefix = elbo.prefix + "."
+
+    def optim_args(module_name, param_name):
+        return {"lr": lr if (module_name or param_name).startswith(prefix) else 0.0}
+
+    svi = SVI(model, guide, Adam(optim_args), elbo)
+    for _ in range(steps):
+        svi.step(*args)
+
+
+def draw_gradients(make_elbo, model, guide, args, num_samples, params, cv_steps=0):
     elbo = make_elbo()
     elbo.loss_and_grads(model, guide, *args)  # warm up (plate guessing, checks)
+    train_control_variate(elbo, model, guide, args, cv_steps)
     evals0 = getattr(elbo, "num_model_evaluations", None)
     grads = []
     for _ in range(num_samples):
@@ -52,6 +69,7 @@ def draw_gradients(make_elbo, model, guide, args, num_samples, params):
 
 
 def time_calls(make_elbo, model, guide, args, calls, repeats):
+    """Median ms per ``loss_and_grads`` call (gradients left to accumulate)."""
     elbo = make_elbo()
     elbo.loss_and_grads(model, guide, *args)
     times = []
@@ -63,7 +81,7 @@ def time_calls(make_elbo, model, guide, args, calls, repeats):
     return statistics.median(times)
 
 
-def run_problem(title, setup, estimators, num_samples, calls, repeats, reference="Trace_ELBO(1)"):
+def run_problem(title, setup, estimators, num_samples, calls, repeats, cv_steps=0):
     print("\n" + title)
     header = "{:<22} {:>6} {:>12} {:>8} {:>12} {:>9}".format(
         "estimator", "evals", "variance", "log10", "vs Trace(=)", "ms/call")
@@ -73,7 +91,7 @@ def run_problem(title, setup, estimators, num_samples, calls, repeats, reference
     for name, make in estimators.items():
         pyro.clear_param_store()
         model, guide, args, params = setup()
-        grads, evals = draw_gradients(make, model, guide, args, num_samples, params)
+        grads, evals = draw_gradients(make, model, guide, args, num_samples, params, cv_steps)
         var = grads.var(0).mean().item()
         ms = time_calls(make, model, guide, args, calls, repeats)
         results[name] = (evals, var, ms, grads.mean(0))
@@ -148,10 +166,13 @@ def main(args):
         "VarGrad(2)": lambda: VarGrad_ELBO(num_particles=2, max_plate_nesting=0),
         "ARM": lambda: ARSM_ELBO(max_plate_nesting=0),
         "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
+        "REBAR": lambda: REBAR_ELBO(max_plate_nesting=0),
+        "RELAX": lambda: RELAX_ELBO(max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
     }
     if "bernoulli" in args.problems:
         run_problem("1. Bernoulli toy E[(b - 0.499)^2] at p = 0.5 (exact gradient 5.0e-04)",
-                    bernoulli_setup(device), bern, args.num_samples, args.calls, args.repeats)
+                    bernoulli_setup(device), bern, args.num_samples, args.calls, args.repeats,
+                    args.cv_steps)
 
     cat = {
         "Trace_ELBO(1)": lambda: Trace_ELBO(),
@@ -171,21 +192,39 @@ def main(args):
         "TraceGraph_ELBO(2)": lambda: TraceGraph_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
         "ReinforceLOO(2)": lambda: ReinforceLOO_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
         "VarGrad(2)": lambda: VarGrad_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "Trace_ELBO(3)": lambda: Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+        "ReinforceLOO(3)": lambda: ReinforceLOO_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
         "ARM": lambda: ARSM_ELBO(max_plate_nesting=1),
         "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=1),
+        "REBAR": lambda: REBAR_ELBO(max_plate_nesting=1),
+        "RELAX": lambda: RELAX_ELBO(max_plate_nesting=1),
     }
     if "vae" in args.problems:
-        run_problem("3. Bernoulli VAE (64-16-64 linear, batch 32 binarized digits): encoder-gradient variance",
-                    vae_setup(device), vae, args.vae_samples, args.calls // 4, args.repeats)
+        results = run_problem(
+            "3. Bernoulli VAE (64-16-64 linear, batch 32 binarized digits): encoder-gradient variance",
+            vae_setup(device), vae, args.vae_samples, args.calls // 4, args.repeats, args.cv_steps)
+        print("time ratio RELAX / Trace_ELBO(2): {:.2f}; REBAR / Trace_ELBO(2): {:.2f}".format(
+            results["RELAX"][2] / results["Trace_ELBO(2)"][2],
+            results["REBAR"][2] / results["Trace_ELBO(2)"][2]))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, default=4000)
-    parser.add_argument("--vae-samples", type=int, default=400)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gradient_variance",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--num-samples", type=int, default=4000,
+                        help="gradient draws per estimator (toys)")
+    parser.add_argument("--vae-samples", type=int, default=400,
+                        help="gradient draws per estimator (VAE)")
+    parser.add_argument("--calls", type=int, default=200, help="calls per timing repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
+    parser.add_argument("--cv-steps", type=int, default=300,
+                        help="Adam steps (lr 0.01) training RELAX/REBAR's control variate at the "
+                        "fixed parameters before its gradients are drawn")
     add_common_arguments(parser)
     parser.add_argument("--problems", nargs="+", default=["bernoulli", "categorical", "vae"],
+                        help="problems to run",
                         choices=["bernoulli", "categorical", "vae"])
     main(parser.parse_args())

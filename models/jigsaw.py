@@ -15,10 +15,15 @@ piece belongs counts as correct), and the proportion of fully solved puzzles.
 The idx files are read from ``--data-dir`` (default: where the Debian package
 ``dataset-fashion-mnist`` installs them); nothing is downloaded.
 
-Example::
+The whole experiment runs once per seed of ``--seeds`` (default ``0 1 2``; the data are
+loaded once): one seeded run is not reproducible across CPUs, so results are reported as
+mean and spread over seeds. Each seed's table is printed, then a Markdown summary with every
+column as ``mean ± sd`` (sample standard deviation over the seeds) and the total wall time.
+
+Examples::
 
     python -m models.jigsaw --grid 2 3
-    python -m models.jigsaw --data-dir ~/fashion-mnist --grid 2 --num-steps 500
+    python -m models.jigsaw --data-dir ~/fashion-mnist --grid 2 --num-steps 500 --seeds 0 1 2 3 4
 
 Reference:
 
@@ -26,9 +31,11 @@ Reference:
     Gumbel-Sinkhorn Networks." ICLR 2018.
 """
 
+import statistics
 import time
 
 import numpy as np
+import pyro
 import torch
 from torch import nn
 
@@ -37,7 +44,16 @@ from models.data import load_fashion_mnist
 from pyro_relax.distributions import GumbelSinkhorn
 from pyro_relax.ops import matching
 
-__all__ = ["PieceNetwork", "evaluate", "main", "scramble", "to_pieces", "train"]
+__all__ = [
+    "PieceNetwork",
+    "evaluate",
+    "main",
+    "make_parser",
+    "run",
+    "scramble",
+    "to_pieces",
+    "train",
+]
 
 
 def to_pieces(images, k):
@@ -164,35 +180,46 @@ def _load(data_dir, split, limit, device):
     return torch.from_numpy(images).to(device)
 
 
-def main(args):
-    """
-    Train and evaluate one network per grid size in ``args.grid``; print and return
-    the table.
+def _mean_sd(values):
+    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    :returns: list of dicts, one per grid size.
+
+def _pm(mean, sd, spec, num_seeds):
+    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
+    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
+
+
+#: the numeric columns of the table: key, Markdown header, format
+COLUMNS = (
+    ("prop_correct", "prop correct", ".4f"),
+    ("prop_correct_content", "(by content)", ".4f"),
+    ("prop_solved", "prop solved", ".4f"),
+    ("seconds", "train s", ".1f"),
+)
+
+
+def run(seed, train_images, test_images, args):
     """
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    data_dir = cli.check_data_dir(args.data_dir, ("train", "test"))
-    train_images = _load(data_dir, "train", args.num_train, device)
-    test_images = _load(data_dir, "test", args.num_test, device)
-    print(
-        f"# jigsaw Fashion-MNIST: train={len(train_images)} test={len(test_images)} "
-        f"steps={args.num_steps} lr={args.learning_rate} (cosine) "
-        f"batch={args.batch_size} samples={args.num_samples} tau={args.temperature} "
-        f"sinkhorn_iters={args.sinkhorn_iters} seed={args.seed} device={device} "
-        f"threads={args.threads}"
-    )
+    One seed's experiment: seeds with ``pyro.set_rng_seed(seed)``, then trains one network
+    per grid size in ``args.grid`` (each from ``seed``), evaluates it on ``test_images``
+    scrambled from ``seed + 1``, and prints the seed's table.
+
+    :returns: list of dicts, one per grid size, with ``grid``, ``seconds`` (training time)
+        and the metrics of :func:`evaluate`.
+    """
+    pyro.set_rng_seed(seed)
+    print(f"# seed {seed}")
     print(f"{'grid':>5} {'prop correct':>13} {'(by content)':>13} {'prop solved':>12} "
           f"{'train s':>8}")
     rows = []
     for k in args.grid:
-        torch.manual_seed(args.seed)
+        pyro.set_rng_seed(seed)
         start = time.perf_counter()
         net = train(train_images, k, args)
         seconds = time.perf_counter() - start
-        gen = torch.Generator().manual_seed(args.seed + 1)
+        gen = torch.Generator().manual_seed(seed + 1)
         row = dict(grid=k, seconds=seconds, **evaluate(net, test_images, k, gen))
         rows.append(row)
         print(
@@ -202,6 +229,51 @@ def main(args):
             flush=True,
         )
     return rows
+
+
+def main(args):
+    """
+    Load the data once, run the experiment once per seed in ``args.seeds`` (see
+    :func:`run`), print each seed's table, then a Markdown summary table with every numeric
+    column as ``mean ± sd`` over the seeds (sample standard deviation) and the total wall
+    time.
+
+    :returns: dict with ``seeds`` (the list of seeds), ``runs`` (one list of rows per seed,
+        in the order of ``seeds``, as returned by :func:`run`), ``mean`` and ``sd`` (one
+        row per grid size with the key ``grid`` and the mean, resp. sample standard
+        deviation, of each numeric column over the seeds; ``sd`` is 0 for a single seed)
+        and ``seconds`` (total wall time, data loading included).
+    """
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    seeds = list(args.seeds)
+    data_dir = cli.check_data_dir(args.data_dir, ("train", "test"))
+    train_images = _load(data_dir, "train", args.num_train, device)
+    test_images = _load(data_dir, "test", args.num_test, device)
+    print(
+        f"# jigsaw Fashion-MNIST: train={len(train_images)} test={len(test_images)} "
+        f"steps={args.num_steps} lr={args.learning_rate} (cosine) "
+        f"batch={args.batch_size} samples={args.num_samples} tau={args.temperature} "
+        f"sinkhorn_iters={args.sinkhorn_iters} seeds={','.join(map(str, seeds))} "
+        f"device={device} threads={args.threads}"
+    )
+    runs = [run(seed, train_images, test_images, args) for seed in seeds]
+    means, sds = [], []
+    for i, k in enumerate(args.grid):
+        stats = {key: _mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
+        means.append(dict(grid=k, **{key: m for key, (m, _) in stats.items()}))
+        sds.append(dict(grid=k, **{key: sd for key, (_, sd) in stats.items()}))
+    seconds = time.perf_counter() - start
+    print(f"# summary: mean ± sd over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+          f"({', '.join(map(str, seeds))}), sample standard deviation")
+    print("| grid | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
+    print("|---" * (1 + len(COLUMNS)) + "|")
+    for mean, sd in zip(means, sds):
+        cells = [_pm(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
+        print(f"| {mean['grid']}x{mean['grid']} | " + " | ".join(cells) + " |")
+    print(f"# total wall time: {seconds:.1f} s", flush=True)
+    return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}
 
 
 def make_parser():
@@ -234,7 +306,10 @@ def make_parser():
                         help="convolution channels of the per-piece network")
     parser.add_argument("--hidden", type=int, default=64,
                         help="hidden units of the per-piece network")
-    cli.add_common_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="random seeds: the whole experiment runs once per seed, and the "
+                        "summary table reports the mean and sample standard deviation over them")
+    cli.add_common_arguments(parser, seed=False)
     return parser
 
 

@@ -55,15 +55,22 @@ the paper, 300 steps, 8 particles. All trials and noise levels are fitted at onc
 are independent items of one ``pyro.plate``, and Adam acts elementwise, so this equals
 separate fits. 200 trials per noise level, as in the paper.
 
-Status (default command, about 2.5 min on one CPU thread): at sigma = 0.1 and 0.25 both
-methods are at or below the paper's numbers (stick-breaking .04/.23, rounding .06/.16;
-paper .09/.23 and .06/.21). At sigma = 0.5 and 0.75 rounding is within about 0.05 of the
-paper (.34/.43 vs .32/.38) but stick-breaking is worse (.59/.68 vs .41/.55): its
+Seeds. The whole experiment (problems and fits) runs once per seed of ``--seeds`` (default
+``0 1 2``): one seeded run is not reproducible across CPUs, so results are reported as mean
+and spread over seeds. Each seed's table is printed, then a Markdown summary with every
+number as ``mean ± sd`` (sample standard deviation over the seeds), the paper's values in
+brackets, and the total wall time.
+
+Status (numbers from one seed; about 2.5 min per seed on one CPU thread): at sigma = 0.1
+and 0.25 both methods are at or below the paper's numbers (stick-breaking .04/.23, rounding
+.06/.16; paper .09/.23 and .06/.21). At sigma = 0.5 and 0.75 rounding is within about 0.05
+of the paper (.34/.43 vs .32/.38) but stick-breaking is worse (.59/.68 vs .41/.55): its
 tuned setting is too concentrated at large noise.
 
-Example::
+Examples::
 
-    python -m models.matching
+    python -m models.matching                      # seeds 0 1 2, about 7.5 min
+    python -m models.matching --seeds 0 1 2 3 4 --methods stick-breaking rounding
 
 Reference:
 
@@ -73,6 +80,7 @@ Reference:
 
 import itertools
 import math
+import statistics
 import time
 
 import pyro
@@ -104,6 +112,7 @@ __all__ = [
     "make_parser",
     "parse_args",
     "permutation_histogram",
+    "run",
 ]
 
 #: Mean BDs of Table 1 of the paper, for sigma = 0.1, 0.25, 0.5, 0.75.
@@ -303,14 +312,39 @@ def fit_guide(method, mus, ys, sigma, num_steps, learning_rate, num_particles=8,
     return sample
 
 
-def main(args):
-    torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    device = torch.device(args.device)
-    torch.set_default_dtype(torch.float64)
+def _mean_sd(values):
+    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pm(mean, sd, spec, num_seeds):
+    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
+    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
+
+
+def _paper(name, sigma):
+    """The paper's value for ``name`` at ``sigma`` as ``" (0.09)"``, or ``""``."""
+    paper = PAPER_TABLE.get(name)
+    if paper is None or sigma not in PAPER_SIGMAS:
+        return ""
+    return f" ({paper[PAPER_SIGMAS.index(sigma)]:.2f})"
+
+
+def run(seed, args, device):
+    """
+    One seed's experiment: seeds with ``pyro.set_rng_seed(seed)``, draws
+    ``args.num_trials`` problems per noise level from ``seed``, computes the exact posterior
+    and the Mallows baseline, fits each method of ``args.methods`` (each from ``seed``), and
+    prints the seed's table.
+
+    :returns: dict with ``table`` (method -> mean BD per sigma), ``timings`` (method ->
+        seconds to fit and sample), ``posterior``, ``true_perm``, ``perms`` and ``sigma``.
+    """
+    pyro.set_rng_seed(seed)
     n = args.n
     sigmas = tuple(args.sigmas)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(seed)
     mus, ys, sigma, true_perm = make_problems(
         args.num_trials, n, sigmas, generator=generator, device=device
     )
@@ -325,11 +359,10 @@ def main(args):
         best = bd if best is None else torch.minimum(best, bd)
     results["mallows (best)"] = best
 
-    methods = args.methods
     timings = {}
-    for method in methods:
+    for method in args.methods:
         t0 = time.time()
-        pyro.set_rng_seed(args.seed)
+        pyro.set_rng_seed(seed)
         sample = fit_guide(
             method,
             mus,
@@ -345,28 +378,78 @@ def main(args):
         timings[method] = time.time() - t0
 
     k = args.num_trials
-    table = {name: [bd[i * k : (i + 1) * k].mean().item() for i in range(len(sigmas))] for name, bd in results.items()}
+    table = {
+        name: [bd[i * k : (i + 1) * k].mean().item() for i in range(len(sigmas))]
+        for name, bd in results.items()
+    }
     head = "method".ljust(18) + "".join(f"sigma={s:<6g}".rjust(14) for s in sigmas)
-    print(f"Mean Bhattacharyya distance, N={n}, {k} trials per sigma (paper in brackets)")
+    print(f"# seed {seed}: mean Bhattacharyya distance, N={n}, {k} trials per sigma "
+          "(paper in brackets)")
     print(head)
     for name, row in table.items():
-        paper = PAPER_TABLE.get(name)
-        cells = []
-        for i, v in enumerate(row):
-            ref = ""
-            if paper is not None and sigmas[i] in PAPER_SIGMAS:
-                ref = f" ({paper[PAPER_SIGMAS.index(sigmas[i])]:.2f})"
-            cells.append(f"{v:.3f}{ref}".rjust(14))
+        cells = [f"{v:.3f}{_paper(name, s)}".rjust(14) for s, v in zip(sigmas, row)]
         print(name.ljust(18) + "".join(cells))
     for name, dt in timings.items():
-        print(f"# {name}: {dt:.1f} s")
+        print(f"# {name}: {dt:.1f} s", flush=True)
     return {
         "table": table,
+        "timings": timings,
         "posterior": post,
         "true_perm": true_perm,
         "perms": perms,
         "sigma": sigma,
     }
+
+
+def main(args):
+    """
+    Run the experiment once per seed in ``args.seeds`` (see :func:`run`), print each
+    seed's table, then a Markdown summary table with the mean BD per method and sigma and
+    each method's fitting time as ``mean ± sd`` over the seeds (sample standard deviation),
+    and the total wall time.
+
+    :returns: dict with ``seeds`` (the list of seeds), ``runs`` (one dict per seed, in the
+        order of ``seeds``, as returned by :func:`run`), ``mean`` and ``sd`` (each a dict
+        with ``table`` (method -> list over sigma) and ``timings`` (method -> seconds): the
+        mean, resp. sample standard deviation, over the seeds of the runs' ``table`` and
+        ``timings``; ``sd`` is 0 for a single seed) and ``seconds`` (total wall time).
+    """
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.set_default_dtype(torch.float64)
+    seeds = list(args.seeds)
+    sigmas = tuple(args.sigmas)
+    runs = [run(seed, args, device) for seed in seeds]
+
+    mean = {"table": {}, "timings": {}}
+    sd = {"table": {}, "timings": {}}
+    for name in runs[0]["table"]:
+        stats = [_mean_sd(r["table"][name][i] for r in runs) for i in range(len(sigmas))]
+        mean["table"][name] = [m for m, _ in stats]
+        sd["table"][name] = [s for _, s in stats]
+    for name in runs[0]["timings"]:
+        mean["timings"][name], sd["timings"][name] = _mean_sd(r["timings"][name] for r in runs)
+    seconds = time.perf_counter() - start
+
+    num = len(seeds)
+    print(f"# summary: mean Bhattacharyya distance, N={args.n}, {args.num_trials} trials per "
+          f"sigma; mean ± sd over {num} seed{'s' if num > 1 else ''} "
+          f"({', '.join(map(str, seeds))}), sample standard deviation; paper in brackets")
+    print("| method | " + " | ".join(f"sigma={s:g}" for s in sigmas) + " | fit s |")
+    print("|---" * (len(sigmas) + 2) + "|")
+    for name, row in mean["table"].items():
+        cells = [
+            _pm(m, s, ".3f", num) + _paper(name, sigma)
+            for sigma, m, s in zip(sigmas, row, sd["table"][name])
+        ]
+        if name in mean["timings"]:
+            cells.append(_pm(mean["timings"][name], sd["timings"][name], ".1f", num))
+        else:
+            cells.append("-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"# total wall time: {seconds:.1f} s", flush=True)
+    return {"seeds": seeds, "runs": runs, "mean": mean, "sd": sd, "seconds": seconds}
 
 
 def make_parser():
@@ -411,7 +494,11 @@ def make_parser():
         help="guide initialisation: sinkhorn of the assignment log-likelihoods, or the "
         "barycentre; None: each method's own (see DEFAULTS)",
     )
-    cli.add_common_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="random seeds: the whole experiment (problems and fits) runs once "
+                        "per seed, and the summary table reports the mean and sample standard "
+                        "deviation over them")
+    cli.add_common_arguments(parser, seed=False)
     return parser
 
 

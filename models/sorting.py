@@ -10,9 +10,15 @@ Held-out sequences are evaluated without noise with the hard matching of ``log_a
 proportion of wrongly placed numbers, the proportion of sequences with any error, and
 Kendall's tau between the predicted and the true ranking.
 
-Example::
+The whole experiment runs once per seed of ``--seeds`` (default ``0 1 2``): one seeded run is
+not reproducible across CPUs, so results are reported as mean and spread over seeds. Each
+seed's table is printed, then a Markdown summary with every column as ``mean ± sd`` (sample
+standard deviation over the seeds) and the total wall time.
+
+Examples::
 
     python -m models.sorting --n 5 10 15 80 100 120
+    python -m models.sorting --n 5 10 --seeds 0 1 2 3 4
 
 Reference:
 
@@ -20,8 +26,10 @@ Reference:
     Gumbel-Sinkhorn Networks." ICLR 2018.
 """
 
+import statistics
 import time
 
+import pyro
 import torch
 from torch import nn
 
@@ -29,7 +37,7 @@ from models import cli
 from pyro_relax.distributions import GumbelSinkhorn
 from pyro_relax.ops import matching
 
-__all__ = ["SortingNetwork", "evaluate", "kendall_tau", "main", "train"]
+__all__ = ["SortingNetwork", "evaluate", "kendall_tau", "main", "make_parser", "run", "train"]
 
 
 class SortingNetwork(nn.Module):
@@ -125,26 +133,42 @@ def train(n, args, device, dtype=torch.float32):
     return net
 
 
-def main(args):
-    """
-    Train and evaluate one network per length in ``args.n``; print and return the table.
+def _mean_sd(values):
+    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    :returns: list of dicts, one per ``N``.
+
+def _pm(mean, sd, spec, num_seeds):
+    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
+    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
+
+
+#: the numeric columns of the table: key, Markdown header, format
+COLUMNS = (
+    ("prop_wrong", "prop wrong", ".4f"),
+    ("prop_any_wrong", "prop any wrong", ".3f"),
+    ("kendall_tau", "kendall tau", ".4f"),
+    ("seconds", "train s", ".1f"),
+)
+
+
+def run(seed, args, device):
     """
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    rows = []
-    print(
-        f"# sorting: steps={args.num_steps} lr={args.learning_rate} "
-        f"(cosine to x{args.lr_final} over last {args.decay_fraction:.0%}) "
-        f"batch={args.batch_size} samples={args.num_samples} tau={args.temperature} "
-        f"sinkhorn_iters={args.sinkhorn_iters} hidden={args.hidden} "
-        f"test={args.num_test} seed={args.seed} device={device} threads={args.threads}"
-    )
+    One seed's experiment: seeds with ``pyro.set_rng_seed(seed)``, then trains and
+    evaluates one network per length in ``args.n`` (each from ``seed``), and prints the
+    seed's table.
+
+    :returns: list of dicts, one per ``N``, with ``n``, ``seconds`` (training time) and the
+        metrics of :func:`evaluate`.
+    """
+    pyro.set_rng_seed(seed)
+    print(f"# seed {seed}")
     print(f"{'N':>5} {'prop wrong':>11} {'prop any wrong':>15} {'kendall tau':>12} "
           f"{'train s':>8}")
+    rows = []
     for n in args.n:
-        torch.manual_seed(args.seed)
+        pyro.set_rng_seed(seed)
         start = time.perf_counter()
         net = train(n, args, device)
         seconds = time.perf_counter() - start
@@ -157,6 +181,48 @@ def main(args):
             flush=True,
         )
     return rows
+
+
+def main(args):
+    """
+    Run the experiment once per seed in ``args.seeds`` (see :func:`run`), print each
+    seed's table, then a Markdown summary table with every numeric column as ``mean ± sd``
+    over the seeds (sample standard deviation) and the total wall time.
+
+    :returns: dict with ``seeds`` (the list of seeds), ``runs`` (one list of rows per seed,
+        in the order of ``seeds``, as returned by :func:`run`), ``mean`` and ``sd`` (one
+        row per ``N`` with the key ``n`` and the mean, resp. sample standard deviation, of
+        each numeric column over the seeds; ``sd`` is 0 for a single seed) and ``seconds``
+        (total wall time).
+    """
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    seeds = list(args.seeds)
+    print(
+        f"# sorting: steps={args.num_steps} lr={args.learning_rate} "
+        f"(cosine to x{args.lr_final} over last {args.decay_fraction:.0%}) "
+        f"batch={args.batch_size} samples={args.num_samples} tau={args.temperature} "
+        f"sinkhorn_iters={args.sinkhorn_iters} hidden={args.hidden} "
+        f"test={args.num_test} seeds={','.join(map(str, seeds))} device={device} "
+        f"threads={args.threads}"
+    )
+    runs = [run(seed, args, device) for seed in seeds]
+    means, sds = [], []
+    for i, n in enumerate(args.n):
+        stats = {key: _mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
+        means.append(dict(n=n, **{key: m for key, (m, _) in stats.items()}))
+        sds.append(dict(n=n, **{key: sd for key, (_, sd) in stats.items()}))
+    seconds = time.perf_counter() - start
+    print(f"# summary: mean ± sd over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+          f"({', '.join(map(str, seeds))}), sample standard deviation")
+    print("| N | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
+    print("|---" * (1 + len(COLUMNS)) + "|")
+    for mean, sd in zip(means, sds):
+        cells = [_pm(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
+        print(f"| {mean['n']} | " + " | ".join(cells) + " |")
+    print(f"# total wall time: {seconds:.1f} s", flush=True)
+    return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}
 
 
 def make_parser():
@@ -186,7 +252,10 @@ def make_parser():
     parser.add_argument("--hidden", type=int, default=32,
                         help="hidden units of the per-number network")
     parser.add_argument("--num-test", type=int, default=1000, help="held-out sequences per N")
-    cli.add_common_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="random seeds: the whole experiment runs once per seed, and the "
+                        "summary table reports the mean and sample standard deviation over them")
+    cli.add_common_arguments(parser, seed=False)
     return parser
 
 

@@ -4,6 +4,9 @@
   is from Tucker et al. 2017 and Grathwohl et al. 2018, Fig. 1): minimise
   :math:`E_{b \\sim \\mathrm{Bern}(\\sigma(\\theta))}[(b - t)^2]` with :math:`t = 0.499`; the exact
   gradient at :math:`p = 0.5` is :math:`0.25 (1 - 2t)`.
+- **RELAX toy** (Grathwohl et al. 2018, Fig. 1): the same objective minimised with Adam (lr
+  0.01) by REINFORCE, REBAR, RELAX (surrogate 1-10(tanh)-1 on :math:`\\sigma(z / \\lambda)`),
+  LOO, ARM and DisARM: loss and gradient log-variance curves, over seeds.
 - **ARSM toy** (Yin, Yue & Zhou 2019, Sec. 5.1): maximise
   :math:`E_{z \\sim \\mathrm{Cat}(\\mathrm{softmax}(\\phi))}[0.5 + (z + 1) / (C R)]` with
   :math:`C = R = 30`, :math:`\\phi = 0`, plain gradient ascent with step 1.
@@ -15,11 +18,13 @@ stays, as Pyro never masks score functions), and the objective enters through ``
 
 Examples::
 
-    python -m models.toys                       # both toys, default settings
+    python -m models.toys                       # the Bernoulli and ARSM toys
     python -m models.toys bernoulli --num-samples 20000
+    python -m models.toys relax --seeds 0 1 2 3 4 --out results/toys
     python -m models.toys categorical --num-steps 5000 --seeds 0 1 2
 """
 
+import math
 import time
 
 import pyro
@@ -30,11 +35,13 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import SGD
 
 from models import cli
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import ARSM_ELBO, REBAR_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 __all__ = [
     "bernoulli_toy",
     "bernoulli_exact_grad",
+    "bernoulli_expected_loss",
+    "train_bernoulli_toy",
     "categorical_toy",
     "categorical_exact_grad",
     "train_categorical",
@@ -159,12 +166,145 @@ def bernoulli_gradients(make_elbo, num_samples, target=0.499, device=None):
     return grads
 
 
+def bernoulli_expected_loss(theta, target=0.499):
+    """:math:`E[(b - t)^2] = p (1 - t)^2 + (1 - p) t^2` with :math:`p = \\sigma(\\theta)`."""
+    p = torch.sigmoid(torch.as_tensor(theta))
+    return p * (1 - target) ** 2 + (1 - p) * target**2
+
+
+#: the RELAX paper's Fig. 1 comparison (Adam, lr 0.01); RELAX's surrogate is 1-10(tanh)-1 on
+#: the relaxed value sigma(z / lambda)
+RELAX_TOY_ESTIMATORS = {
+    "reinforce": lambda: Trace_ELBO(),
+    "rebar": lambda: REBAR_ELBO(max_plate_nesting=0),
+    "relax": lambda: RELAX_ELBO(max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
+    "loo2": lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=0),
+    "arm": lambda: ARSM_ELBO(max_plate_nesting=0),
+    "disarm": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
+}
+
+
+def train_bernoulli_toy(estimator, num_steps=10000, seed=0, lr=0.01, target=0.499,
+                        checkpoints=(), variance_draws=500, device=None):
+    """Minimises :math:`E[(b - t)^2]` with Adam through ``SVI`` (the RELAX paper's Fig. 1).
+
+    :param str estimator: a key of :data:`RELAX_TOY_ESTIMATORS`.
+    :param checkpoints: steps at which the gradient variance is estimated from
+        ``variance_draws`` draws at the current parameters (without stepping).
+    :returns: ``(p, variances)``: :math:`p(b = 1)` after every step (a tensor of
+        ``num_steps + 1`` values, the first before training), and a dict step -> variance of
+        the gradient with respect to :math:`\\theta`.
+    """
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    model, guide = bernoulli_toy(target, device)
+    elbo = RELAX_TOY_ESTIMATORS[estimator]()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss=elbo)
+    guide()
+    probs = torch.empty(num_steps + 1)
+    probs[0] = 0.5
+    variances = {}
+
+    def variance():
+        store = pyro.get_param_store()
+        draws = torch.empty(variance_draws)
+        for i in range(variance_draws):
+            for q in store.values():
+                q.unconstrained().grad = None
+            elbo.loss_and_grads(model, guide)
+            draws[i] = store["theta"].unconstrained().grad
+        for q in store.values():
+            q.unconstrained().grad = None
+        return draws.var().item()
+
+    for step in range(1, num_steps + 1):
+        if step - 1 in checkpoints:
+            variances[step - 1] = variance()
+        svi.step()
+        probs[step] = torch.sigmoid(pyro.param("theta").detach()).item()
+    if num_steps in checkpoints:
+        variances[num_steps] = variance()
+    return probs, variances
+
+
+def relax_toy(args):
+    """Runs :func:`train_bernoulli_toy` for each estimator and seed; prints the table and
+    writes the figure."""
+    checkpoints = list(range(0, args.relax_steps + 1, args.variance_every))
+    results = {}
+    for name in args.relax_estimators:
+        runs = []
+        start = time.perf_counter()
+        for seed in args.seeds:
+            runs.append(train_bernoulli_toy(
+                name, args.relax_steps, seed, args.relax_lr, args.target, checkpoints,
+                args.variance_draws))
+        results[name] = runs
+        seconds = (time.perf_counter() - start) / len(args.seeds)
+        print("  {:<10} {:.1f} s per seed".format(name, seconds), flush=True)
+
+    def med(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
+
+    at = min(c for c in checkpoints if c >= min(1000, args.relax_steps))
+    print("\nRELAX toy (Fig. 1 of Grathwohl et al. 2018): minimise E[(b - {})^2], Adam lr {}, {} "
+          "steps, {} seeds; median [min, max] over seeds".format(
+              args.target, args.relax_lr, args.relax_steps, len(args.seeds)))
+    print("| estimator | log10 Var[grad] at step 0 | at step {} | p(b=1) at step {} | "
+          "first step with p(b=1) < 0.1 |".format(at, args.relax_steps))
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+        v0 = [math.log10(v[0]) if v[0] > 0 else float("-inf") for _, v in runs]
+        va = [math.log10(v[at]) if v[at] > 0 else float("-inf") for _, v in runs]
+        pf = [p[-1].item() for p, _ in runs]
+        first = [next((i for i, q in enumerate(p.tolist()) if q < 0.1), None) for p, _ in runs]
+        reached = [f for f in first if f is not None]
+        first_text = "{} of {} seeds; median {}".format(
+            len(reached), len(first), med(reached) if reached else "-")
+        print("| {} | {:.2f} [{:.2f}, {:.2f}] | {:.2f} [{:.2f}, {:.2f}] | {:.3f} [{:.3f}, {:.3f}] | {} |".format(
+            name, med(v0), min(v0), max(v0), med(va), min(va), max(va), med(pf), min(pf), max(pf),
+            first_text))
+    if args.out:
+        _plot_relax_toy(results, checkpoints, args)
+    return results
+
+
+def _plot_relax_toy(results, checkpoints, args):
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.out, exist_ok=True)
+    fig, (ax_loss, ax_var) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = torch.arange(args.relax_steps + 1)
+    for name, runs in results.items():
+        loss = torch.stack([bernoulli_expected_loss(torch.logit(p), args.target) for p, _ in runs])
+        line, = ax_loss.plot(steps, loss.median(0).values, label=name)
+        ax_loss.fill_between(steps, loss.min(0).values, loss.max(0).values,
+                             color=line.get_color(), alpha=0.2)
+        logvar = torch.tensor([[math.log10(max(v[c], 1e-300)) for c in checkpoints] for _, v in runs])
+        ax_var.plot(checkpoints, logvar.median(0).values, color=line.get_color(), label=name)
+        ax_var.fill_between(checkpoints, logvar.min(0).values, logvar.max(0).values,
+                            color=line.get_color(), alpha=0.2)
+    ax_loss.set(xlabel="step", ylabel="E[(b - t)^2]", title="loss (median, min-max over seeds)")
+    ax_var.set(xlabel="step", ylabel="log10 Var[d loss / d theta]", title="gradient variance")
+    ax_loss.legend()
+    fig.tight_layout()
+    path = os.path.join(args.out, "relax_toy.png")
+    fig.savefig(path, dpi=120)
+    print("wrote", path)
+
+
 def main(args):
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
     device = torch.device(args.device)
     print("threads={} device={}".format(torch.get_num_threads(), device))
-    if args.problem in ("bernoulli", "all"):
+    if "bernoulli" in args.problems:
         pyro.set_rng_seed(args.seeds[0])
         exact = bernoulli_exact_grad(0.0, args.target).item()
         print("\nBernoulli toy: d/dtheta E[(b - {})^2] at p = 0.5, exact {:.3e}, {} samples".format(
@@ -175,8 +315,10 @@ def main(args):
             g = bernoulli_gradients(make, args.num_samples, args.target, device)
             ms = 1e3 * (time.perf_counter() - start) / args.num_samples
             print("{:<24} {:>12.3e} {:>12.3e} {:>10.2f}".format(name, g.mean().item(), g.var().item(), ms))
+    if "relax" in args.problems:
+        relax_toy(args)
     results = {}
-    if args.problem in ("categorical", "all"):
+    if "categorical" in args.problems:
         print("\nARSM toy: C = R = {}, SGD step {}, {} steps; probability of the best category".format(
             args.num_categories, args.learning_rate, args.num_steps))
         print("{:<12} {}".format("estimator", " ".join("seed {:>3}".format(s) for s in args.seeds)))
@@ -194,16 +336,30 @@ def main(args):
 def make_parser():
     parser = cli.make_parser(
         "toys",
-        "Two toy problems, run through Pyro's SVI and ELBO API. Bernoulli toy (as in the "
+        "Three toy problems, run through Pyro's SVI and ELBO API. Bernoulli toy (as in the "
         "DisARM paper): mean and variance of each estimator's gradient of "
-        "E[(b - t)^2], b ~ Bernoulli(sigmoid(theta)), at theta = 0, for REINFORCE (Trace_ELBO), ReinforceLOO_ELBO, "
-        "VarGrad_ELBO, ARM and DisARM. ARSM toy (Yin, Yue & Zhou 2019): SGD ascent on "
+        "E[(b - t)^2], b ~ Bernoulli(sigmoid(theta)), at theta = 0, for REINFORCE (Trace_ELBO), "
+        "ReinforceLOO_ELBO, VarGrad_ELBO, ARM and DisARM. RELAX toy (Grathwohl et al. 2018, "
+        "Fig. 1): Adam on the same objective with REINFORCE, REBAR, RELAX, LOO, ARM and "
+        "DisARM; loss and gradient-variance curves over seeds. ARSM toy (Yin, Yue & Zhou 2019): SGD ascent on "
         "E[0.5 + (z + 1) / (C R)], z ~ Categorical(softmax(phi)), C = R = --num-categories; "
         "prints the probability of the best category per estimator and seed.",
     )
-    parser.add_argument("problem", nargs="?", default="all",
-                        choices=["all", "bernoulli", "categorical"],
-                        help="which toy to run")
+    parser.add_argument("problems", nargs="*", default=["bernoulli", "categorical"],
+                        choices=["bernoulli", "relax", "categorical"],
+                        help="which toys to run (the RELAX toy trains for minutes: ask for it)")
+    parser.add_argument("--relax-steps", type=int, default=10000,
+                        help="Adam steps (RELAX toy)")
+    parser.add_argument("--relax-lr", type=float, default=0.01,
+                        help="Adam learning rate (RELAX toy)")
+    parser.add_argument("--relax-estimators", nargs="+", default=list(RELAX_TOY_ESTIMATORS),
+                        choices=list(RELAX_TOY_ESTIMATORS), help="estimators (RELAX toy)")
+    parser.add_argument("--variance-every", type=int, default=1000,
+                        help="steps between gradient-variance estimates (RELAX toy)")
+    parser.add_argument("--variance-draws", type=int, default=500,
+                        help="gradient draws per variance estimate (RELAX toy)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the RELAX toy's figure relax_toy.png (none if omitted)")
     parser.add_argument("--num-samples", type=int, default=20000,
                         help="gradient samples per estimator (Bernoulli toy)")
     parser.add_argument("--target", type=float, default=0.499,

@@ -1,4 +1,6 @@
 import gzip
+import re
+import statistics
 import struct
 
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 import torch
 
 from models.data import load_fashion_mnist, read_idx
-from models.jigsaw import main, make_parser, scramble, to_pieces, unscramble
+from models.jigsaw import COLUMNS, main, make_parser, scramble, to_pieces, unscramble
 
 
 def _write_idx(path, array, compress=True):
@@ -69,18 +71,86 @@ def test_pieces_scramble_unscramble(k):
     assert torch.equal(unscramble(perm, scrambled), pieces)
 
 
-def test_jigsaw_smoke(tmp_path, capsys):
+PM = re.compile(r"^(-?\d+(?:\.\d+)?) ± (-?\d+(?:\.\d+)?)$")
+
+
+def summary_rows(out):
+    """The Markdown summary table: first cell -> list of (mean, sd, decimals) per column."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert lines[1].startswith("|---")
+    rows = {}
+    for line in lines[2:]:
+        first, *cells = [c.strip() for c in line.strip("|").split("|")]
+        parsed = []
+        for cell in cells:
+            match = PM.match(cell)
+            assert match, cell
+            decimals = len(match.group(1).partition(".")[2])
+            parsed.append((float(match.group(1)), float(match.group(2)), decimals))
+        rows[first] = parsed
+    return lines[0], rows
+
+
+def test_seeds_option():
+    parser = make_parser()
+    assert parser.parse_args([]).seeds == [0, 1, 2]
+    assert parser.parse_args(["--seeds", "2", "9"]).seeds == [2, 9]
+    assert "seed" not in vars(parser.parse_args([]))
+
+
+def test_jigsaw_smoke_two_seeds(tmp_path, capsys):
     _write_dataset(tmp_path, 256, 64)
     args = make_parser().parse_args(
         ["--data-dir", str(tmp_path), "--grid", "2", "--num-steps", "60"]
-        + ["--batch-size", "16", "--threads", "1"]
+        + ["--batch-size", "16", "--threads", "1", "--seeds", "0", "1"]
     )
-    (row,) = main(args)
-    # random placement gets 1/4 of the pieces right and solves 1/24 of the puzzles
-    assert row["grid"] == 2
-    assert row["prop_correct"] > 0.6
-    assert row["prop_correct_content"] >= row["prop_correct"]
-    assert 0 <= row["prop_solved"] <= 1
+    result = main(args)
     out = capsys.readouterr().out
-    assert "prop solved" in out
-    assert f"# data: Fashion-MNIST from {tmp_path}\n" in out  # the folder it read
+    assert result["seeds"] == [0, 1] and len(result["runs"]) == 2
+    for (row,) in result["runs"]:
+        # random placement gets 1/4 of the pieces right and solves 1/24 of the puzzles
+        assert row["grid"] == 2
+        assert row["prop_correct"] > 0.6
+        assert row["prop_correct_content"] >= row["prop_correct"]
+        assert 0 <= row["prop_solved"] <= 1
+
+    # the aggregate: mean and sample standard deviation of the per-seed values
+    keys = [key for key, _, _ in COLUMNS]
+    assert set(keys) == {"prop_correct", "prop_correct_content", "prop_solved", "seconds"}
+    (mean,), (sd,) = result["mean"], result["sd"]
+    assert mean["grid"] == sd["grid"] == 2
+    for key in keys:
+        values = [rows[0][key] for rows in result["runs"]]
+        assert mean[key] == pytest.approx(statistics.mean(values))
+        assert sd[key] == pytest.approx(statistics.stdev(values))
+    assert result["seconds"] >= sum(rows[0]["seconds"] for rows in result["runs"])
+
+    # printed: the folder read (once), each seed's table, then the Markdown summary
+    assert out.count(f"# data: Fashion-MNIST from {tmp_path}\n") == 1  # the folder it read
+    assert "# seed 0\n" in out and "# seed 1\n" in out
+    assert out.index("# seed 1\n") < out.index("# summary: mean ± sd over 2 seeds (0, 1)")
+    assert out.count("prop solved") == 3
+    header, rows = summary_rows(out)
+    assert header == "| grid | prop correct | (by content) | prop solved | train s |"
+    assert list(rows) == ["2x2"]
+    for key, (m, s, decimals) in zip(keys, rows["2x2"]):
+        values = [r[0][key] for r in result["runs"]]
+        assert abs(m - statistics.mean(values)) <= 0.5 * 10**-decimals + 1e-12
+        assert abs(s - statistics.stdev(values)) <= 0.5 * 10**-decimals + 1e-12
+    assert re.search(r"^# total wall time: \d+\.\d s$", out, re.M)
+
+
+def test_jigsaw_single_seed_prints_zero_spread(tmp_path, capsys):
+    _write_dataset(tmp_path, 32, 8)
+    args = make_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--grid", "2", "--num-steps", "2"]
+        + ["--batch-size", "4", "--seeds", "5"]
+    )
+    result = main(args)
+    out = capsys.readouterr().out
+    ((row,),) = result["runs"]
+    assert result["mean"] == [row]
+    assert all(result["sd"][0][key] == 0 for key, _, _ in COLUMNS)
+    assert "# seed 5\n" in out
+    line = next(line for line in out.splitlines() if line.startswith("| 2x2 |"))
+    assert all(cell.strip().endswith(" ± 0") for cell in line.split("|")[2:-1])
