@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from .discrete_elbo import DiscreteELBO
+from .pseudo_actions import SwapTable, pack, unique_rows
 from .util import discrete_site_info, learning_signals, left_pad
 
 __all__ = ["ARSM_ELBO"]
@@ -123,77 +124,86 @@ class ARSM_ELBO(DiscreteELBO):
         return surrogate / self.num_particles
 
     # ------------------------------------------------------------------------------------
-    def _alternatives(self, info, value, noise):
-        """The values each site must be scored at besides its sample: the antithetic twin of a
-        Bernoulli site, or the pseudo actions of every swap ``c < j`` of a categorical site."""
-        logits = info.logits.detach()
-        if info.kind == "bernoulli":
-            return (noise < torch.sigmoid(logits)).to(logits.dtype).unsqueeze(0)
-        num_categories = logits.shape[-1]
-        cs, js = _pairs(num_categories, logits.device)
-        perms = torch.arange(num_categories, device=logits.device).repeat(len(cs), 1)
-        rows = torch.arange(len(cs), device=logits.device)
-        perms[rows, cs] = js
-        perms[rows, js] = cs
-        swapped = noise.log()[..., perms]  # (..., P, C)
-        z = (swapped - logits.unsqueeze(-2)).argmin(-1).movedim(-1, 0)  # (P, ...)
-        if info.kind == "one_hot":
-            z = F.one_hot(z, num_categories).to(value.dtype)
-        return z
-
     def _discrete_surrogate(self, p):
         nodes = p.guide_trace.nodes
         names = list(p.noise)
         infos = {n: discrete_site_info(n, nodes[n]["fn"]) for n in names}
-        alts = {n: self._alternatives(infos[n], nodes[n]["value"], p.noise[n]) for n in names}
         base = learning_signals(p.model_trace, p.guide_trace, names)
+        self.distinct_actions = {}
 
-        # One row per alternative of one site, the other sites held at their sample.
-        sizes = [alts[n].shape[0] for n in names]
-        num_rows = sum(sizes)
-        rows, offset = {}, 0
-        for n, size in zip(names, sizes):
-            value = nodes[n]["value"]
-            row = value.unsqueeze(0).expand((num_rows,) + value.shape).clone()
-            row[offset : offset + size] = alts[n]
-            rows[n] = row
-            offset += size
+        # The values each site is scored at besides its sample: a Bernoulli site's antithetic
+        # twin; a categorical site's distinct pseudo actions, packed per plate cell when the
+        # cells' signals are separable (else one row per swap c < j, the cells together).
+        alts, plans = {}, {}
+        for n in names:
+            info, value, noise = infos[n], nodes[n]["value"], p.noise[n]
+            if info.kind == "bernoulli":
+                alts[n] = (noise < torch.sigmoid(info.logits.detach())).to(value.dtype)
+                alts[n] = alts[n].unsqueeze(0)
+                continue
+            table = _swap_table(info, noise)
+            if _separable(p, n):
+                rows, valid, counts = table.distinct()
+                plans[n] = ("packed", table, rows, valid)
+                self.distinct_actions[n] = {
+                    "mean": counts.to(torch.get_default_dtype()).mean().item(),
+                    "max": int(counts.max()) if counts.numel() else 0,
+                }
+            else:
+                cs, js = _pairs(table.num_categories, value.device)
+                rows = table.actions(cs, js)
+                plans[n] = ("pairs", table, cs, js)
+            alts[n] = _to_values(info, rows, value)
 
-        # Score only the distinct rows that differ from the sample, in one batched model run.
-        # Rows are compared as integer keys (0/1 or category indices), exact on any device.
-        flat = [rows[n].reshape(num_rows, -1).long() for n in names]
-        key = torch.cat(flat, -1)
-        base_key = torch.cat([nodes[n]["value"].reshape(1, -1).long() for n in names], -1)
-        todo = (key != base_key).any(-1).nonzero().squeeze(-1)
+        # One row per alternative of one site, the other sites held at their sample; rows
+        # equal to the sample are not scored, nor twice the same row (packed rows are distinct
+        # by construction). Rows are compared as integer keys, exact on any device.
         rank = self.max_plate_nesting
         base = {n: left_pad(base[n], rank) for n in names}
-        signals = {n: base[n].expand((num_rows,) + base[n].shape) for n in names}
-        if len(todo):
-            unique, inverse = torch.unique(key[todo], dim=0, return_inverse=True)
-            values = dict(zip(names, unique.split([x.shape[1] for x in flat], -1)))
-            for n in names:
+        blocks = []  # per site: (rows to score, kept row ids, each row's kept row)
+        for n in names:
+            todo, code = _changed_rows(infos[n], alts[n], nodes[n]["value"])
+            if infos[n].kind == "bernoulli" or plans[n][0] == "packed":
+                # one twin row, or packed rows: distinct by construction
+                blocks.append((todo, todo, torch.arange(len(todo), device=todo.device)))
+            else:
+                unique, inverse = unique_rows(code[todo])
+                first = torch.full((len(unique),), -1, dtype=torch.long, device=todo.device)
+                first.scatter_(0, inverse.flip(0), todo.flip(0))
+                blocks.append((todo, first, inverse))
+        sizes = [alts[n].shape[0] for n in names]
+        num_rows = sum(len(kept) for _, kept, _ in blocks)
+        signals = {n: base[n].expand((sizes[i],) + base[n].shape) for i, n in enumerate(names)}
+        if num_rows:
+            values = {}
+            for i, n in enumerate(names):
                 value = nodes[n]["value"]
-                values[n] = values[n].to(value.dtype).reshape((-1,) + value.shape)
+                rows = value.unsqueeze(0).expand((num_rows,) + value.shape).clone()
+                offset = sum(len(kept) for _, kept, _ in blocks[:i])
+                kept = blocks[i][1]
+                rows[offset : offset + len(kept)] = alts[n][kept]
+                values[n] = rows
             evaluated = self._evaluate(p, values, names)
-            for n in names:
-                e = evaluated[n]
+            offset = 0
+            for i, n in enumerate(names):
+                todo, kept, inverse = blocks[i]
+                e = evaluated[n][offset : offset + len(kept)]
+                offset += len(kept)
                 cell = torch.broadcast_shapes(base[n].shape, e.shape[1:])
-                full = base[n].expand((num_rows,) + cell).clone()
-                full[todo] = e.expand((e.shape[0],) + cell)[inverse]
+                full = base[n].expand((sizes[i],) + cell).clone()
+                full[todo] = e.expand((len(kept),) + cell)[inverse]
                 signals[n] = full
 
         surrogate = 0.0
-        offset = 0
-        for n, size in zip(names, sizes):
+        for n in names:
             info, site = infos[n], nodes[n]
-            f_alt = signals[n][offset : offset + size]
-            offset += size
+            f_alt = signals[n]
             if info.kind == "bernoulli":
                 g = self._bernoulli_grad(
                     info, site["value"], alts[n][0], p.noise[n], base[n] - f_alt[0]
                 )
             else:
-                g = self._categorical_grad(info, base[n], f_alt, p.noise[n])
+                g = self._categorical_grad(info, base[n], f_alt, plans[n])
             surrogate = surrogate + (g.detach() * info.logits).sum()
         return surrogate
 
@@ -206,22 +216,119 @@ class ARSM_ELBO(DiscreteELBO):
         return 0.5 * diff * sign * differ * torch.sigmoid(info.logits.detach().abs())
 
     @staticmethod
-    def _categorical_grad(info, f_base, f_pairs, pi):
-        num_categories = pi.shape[-1]
-        cs, js = _pairs(num_categories, pi.device)
-        cell = torch.broadcast_shapes(f_base.shape, f_pairs.shape[1:])
-        f_all = torch.cat([f_base.expand(cell).unsqueeze(0), f_pairs.expand((len(cs),) + cell)])
-        index = torch.zeros(num_categories, num_categories, dtype=torch.long, device=pi.device)
-        pair_ids = torch.arange(1, len(cs) + 1, device=pi.device)
-        index[cs, js] = pair_ids
-        index[js, cs] = pair_ids
-        table = f_all[index]  # (C_c, C_j, *cell): f(z^{c<->j})
-        table = table - table.mean(0, keepdim=True)
-        table = table.movedim(0, -1).movedim(0, -1)  # (*cell, C_c, C_j)
-        cat_event_dims = info.event_dim - (1 if info.kind == "one_hot" else 0)
-        table = table.reshape(cell + (1,) * cat_event_dims + (num_categories, num_categories))
-        weight = (1.0 - num_categories * pi).unsqueeze(-2)  # (..., 1, C_j)
-        return (table * weight).sum(-1) / num_categories
+    def _categorical_grad(info, f_base, f_rows, plan):
+        """ARSM's gradient for a categorical site from its learning signals at the sample
+        (``f_base``, per cell) and at the alternative rows (``f_rows``)."""
+        table = plan[1]
+        N, K, C = table.num_cells, table.num_vars, table.num_categories
+        cell = info.logits.shape[: info.logits.dim() - 1 - _cat_event_dims(info)]
+        f_base = _per_cell(f_base, cell).reshape(N)
+        f_rows = _per_cell(f_rows, cell, leading=1).reshape(-1, N)
+        if plan[0] == "pairs":
+            cs, js = plan[2], plan[3]
+            index = torch.zeros(C, C, dtype=torch.long, device=f_base.device)
+            index[cs, js] = torch.arange(1, len(cs) + 1, device=f_base.device)
+            index[js, cs] = index[cs, js]
+            f_all = torch.cat([f_base.unsqueeze(0), f_rows])
+
+            def lookup(actions, c, j):
+                return f_all[index[c, j]]
+
+        else:
+            lookup = _packed_lookup(table, plan[2], plan[3], f_base, f_rows)
+        g = table.gradient(lookup)  # (N, K, C)
+        return g.reshape(info.logits.shape)
+
+
+def _changed_rows(info, alt, value):
+    """The indices of the rows of ``alt`` that differ from the sample ``value``, and every
+    row's integer code (0/1 or category indices)."""
+    if info.kind == "one_hot":
+        alt, value = alt.argmax(-1), value.argmax(-1)
+    code = alt.reshape(alt.shape[0], value.numel()).long()
+    return (code != value.reshape(1, -1).long()).any(-1).nonzero().squeeze(-1), code
+
+
+def _cat_event_dims(info):
+    """Event dims of a categorical site besides the category dim."""
+    return info.event_dim - (1 if info.kind == "one_hot" else 0)
+
+
+def _swap_table(info, noise):
+    C = info.logits.shape[-1]
+    logits = info.logits.detach()
+    cell_dims = logits.dim() - 1 - _cat_event_dims(info)
+    N = int(torch.Size(logits.shape[:cell_dims]).numel())
+    noise = noise.expand(logits.shape)
+    return SwapTable(logits.reshape(N, -1, C), noise.reshape(N, -1, C))
+
+
+def _to_values(info, rows, value):
+    """Rows of pseudo actions ``(R, N, K)`` as values of the site, ``(R,) + value.shape``."""
+    R = rows.shape[0]
+    if info.kind == "one_hot":
+        rows = F.one_hot(rows, info.logits.shape[-1])
+    return rows.reshape((R,) + value.shape).to(value.dtype)
+
+
+def _per_cell(x, cell, leading=0):
+    """A per-cell tensor (left-padded with singleton dims, ``leading`` dims kept in front)
+    broadcast to ``leading dims + cell``."""
+    head = x.shape[:leading]
+    x = x.reshape(head + x.shape[leading:])
+    while x.dim() - leading > len(cell) and x.shape[leading] == 1:
+        x = x.squeeze(leading)
+    return x.expand(head + tuple(cell))
+
+
+def _packed_lookup(table, rows, valid, f_base, f_rows):
+    """``lookup(actions, c, j)``: each cell's learning signal at its pseudo actions, from the
+    signals of its distinct actions (packed rows) and of its sample."""
+    N, K, C = table.num_cells, table.num_vars, table.num_categories
+    cells = torch.arange(N, device=f_base.device)
+    if K == 1:
+        values = f_base.unsqueeze(-1).expand(N, C).clone()
+        r, n = valid.nonzero(as_tuple=True)
+        values[n, rows[r, n, 0]] = f_rows[r, n]
+
+        def lookup(actions, c, j):
+            return values[cells, actions[..., 0]]
+
+        return lookup
+    r, n = valid.nonzero(as_tuple=True)
+    keys = torch.cat([pack(n, rows[r, n], C), pack(cells, table.sample, C)])
+    known = torch.cat([f_rows[r, n], f_base])
+
+    def lookup(actions, c, j):
+        M = actions.shape[0]
+        query = pack(cells.expand(M, N).reshape(-1), actions.reshape(M * N, K), C)
+        unique, inverse = unique_rows(torch.cat([keys, query]))
+        f = known.new_full((len(unique),), float("nan"))
+        f[inverse[: len(keys)]] = known
+        out = f[inverse[len(keys):]].reshape(M, N)
+        if bool(torch.isnan(out).any()):
+            raise RuntimeError("ARSM_ELBO: a pseudo action without a signal (internal error)")
+        return out
+
+    return lookup
+
+
+def _separable(particle, name):
+    """Whether each plate cell's learning signal depends only on that cell's value of site
+    ``name``: no sample site after it (in model or guide) lies outside its plates. Then one row
+    can hold a different pseudo action in each cell."""
+    plates = {f.name for f in particle.guide_trace.nodes[name]["cond_indep_stack"] if f.vectorized}
+    for trace in (particle.model_trace, particle.guide_trace):
+        after = False
+        for other, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if other == name:
+                after = True
+                continue
+            if after and not plates <= {f.name for f in site["cond_indep_stack"] if f.vectorized}:
+                return False
+    return True
 
 
 def _from_noise(info, noise):

@@ -108,6 +108,9 @@ class DiscreteELBO(ELBO):
 
     #: smallest ``num_particles`` the estimator accepts
     min_particles = 1
+    #: alternatives scored in a batch include, on the first call and every this many calls,
+    #: a row holding the sample itself, to check that the program broadcasts over the batch
+    check_broadcast_every = 50
 
     def __init__(
         self,
@@ -153,6 +156,7 @@ class DiscreteELBO(ELBO):
         #: set by the estimators that score alternatives
         self.vectorize_alternatives = None
         self._rows_one_at_a_time = False
+        self._alternative_calls = 0
         self._warned_baseline = set()
 
     @staticmethod
@@ -304,6 +308,12 @@ class DiscreteELBO(ELBO):
             for name, site in particle.replay_trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)
         ]
+        check = self._check_broadcast_now()
+        if check:  # one more row: the sample itself
+            values = {
+                name: torch.cat([value, particle.replay_trace.nodes[name]["value"].unsqueeze(0)])
+                for name, value in values.items()
+            }
         num_rows = next(iter(values.values())).shape[0]
         device = next(iter(values.values())).device
         first = torch.full((num_rows,), len(order), dtype=torch.long, device=device)
@@ -320,8 +330,18 @@ class DiscreteELBO(ELBO):
             values=values,
             changed=changed,
             redraw=self._redraw_from_noise(particle),
+            sample_row=check,
         )
         return run_rows(self, particle, plan, grad=grad)
+
+    def _check_broadcast_now(self):
+        """Whether this batch of alternatives should carry the sample row (see
+        :class:`~pyro_relax.infer.substitution.RowPlan`)."""
+        if self.vectorize_alternatives is False or self._rows_one_at_a_time:
+            return False
+        due = self._alternative_calls % self.check_broadcast_every == 0
+        self._alternative_calls += 1
+        return due
 
     def _redraw_from_noise(self, particle):
         def redraw(name, fn, site):

@@ -378,10 +378,14 @@ class RELAX_ELBO(DiscreteELBO):
                 if site["type"] == "sample" and not site_is_subsample(site)
             )
         }
-        num_rows = 2 * len(order)
+        check = self._check_broadcast_now()
+        num_rows = 2 * len(order) + (1 if check else 0)  # the last row: the sample itself
         device = sites[order[0]]["alpha"].device
         owner = torch.arange(num_rows, device=device) // 2  # the site index of each row
-        first = torch.tensor([positions[order[k]] for k in owner.tolist()], device=device)
+        first = torch.tensor(
+            [positions[order[k]] if k < len(order) else len(positions) for k in owner.tolist()],
+            device=device,
+        )
         tilde = (torch.arange(num_rows, device=device) % 2) == 1
         index = {m: k for k, m in enumerate(order)}
         targets = []  # (name, row or None, logits tensor) recorded in the re-run
@@ -424,6 +428,7 @@ class RELAX_ELBO(DiscreteELBO):
             order,
             choose=choose,
             log_prob={m: log_mass for m in order},
+            sample_row=check,
         )
         try:
             # argument validation compares values; a relaxed value is checked by the taint

@@ -62,6 +62,9 @@ class RowPlan:
         substituted sites, in guide and model (e.g. a relaxed value's continuous log-mass).
     :param redraw: ``redraw(name, fn, site) -> value or None``: the estimator's common-random-
         number draw of a discrete site from its own noise (None: :func:`common_random_redraw`).
+    :param bool sample_row: the last row holds the sample itself (every site unchanged): a
+        check that the batched program broadcasts, as its learning signals there must equal
+        the particle's; the row is dropped from the results.
     """
 
     def __init__(
@@ -74,9 +77,11 @@ class RowPlan:
         choose=None,
         log_prob=None,
         redraw=None,
+        sample_row=False,
     ):
         if (values is None) == (choose is None):
             raise ValueError("RowPlan: give exactly one of values and choose")
+        self.sample_row = sample_row
         self.num_rows = num_rows
         self.first = first
         self.names = list(names)
@@ -203,6 +208,34 @@ class _Redraw(Messenger):
         msg["done"] = True
 
 
+class _NotBroadcasting(Exception):
+    pass
+
+
+def _check_sample_row(signals, particle, names):
+    """The row holding the sample must score what the particle scored; a program that mixes
+    the rows (a sum over all dims, ``z[0]``) does not, and its rows cannot be trusted."""
+    expected = learning_signals(particle.model_trace, particle.guide_trace, names)
+    with torch._C.DisableTorchFunctionSubclass():  # plain tensor ops, whatever the subclass
+        _compare_sample_row(signals, expected, names)
+
+
+def _compare_sample_row(signals, expected, names):
+    for name in names:
+        got = signals[name][-1].detach()
+        want = expected[name].detach()
+        got, want = torch.broadcast_tensors(got, left_pad(want, got.dim()))
+        scale = want.abs().max().clamp(min=1.0)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(scale)):
+            raise _NotBroadcasting(
+                "evaluated in a batch of alternatives, the sample itself scored a learning "
+                "signal of {} at site '{}' instead of {}: the program mixes the alternatives "
+                "(e.g. a sum or an index over all dims)".format(
+                    got.reshape(-1)[:3].tolist(), name, want.reshape(-1)[:3].tolist()
+                )
+            )
+
+
 class _LastSite(Messenger):
     def __init__(self):
         super().__init__()
@@ -298,7 +331,8 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
     ]
     positions = {name: i for i, name in enumerate(order)}
     rerun_guide = guide_rerun_needed(int(plan.first.min()), len(order))
-    elbo.num_model_evaluations += plan.num_rows * particle.num_particles
+    scored = plan.num_rows - (1 if plan.sample_row else 0)  # the check row is not counted
+    elbo.num_model_evaluations += scored * particle.num_particles
     mode = elbo.vectorize_alternatives
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         if mode is not False and not elbo._rows_one_at_a_time:
@@ -310,9 +344,12 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
                 signals = learning_signals(
                     model_trace, guide_trace, plan.names, rank=rank, detach=not grad
                 )
-                if not totals:
-                    return signals
-                return signals, _row_totals(model_trace, guide_trace, plan.num_rows, rank)
+                row_totals = _row_totals(model_trace, guide_trace, plan.num_rows, rank)
+                if plan.sample_row:
+                    _check_sample_row(signals, particle, plan.names)
+                    signals = {name: x[:-1] for name, x in signals.items()}
+                    row_totals = row_totals[:-1]
+                return (signals, row_totals) if totals else signals
             except Exception as error:  # the program did not broadcast over the rows
                 where = _where(tracker)
                 if isinstance(error, ValueError) and type(error).__name__ == "RelaxationError":
@@ -340,7 +377,7 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
                 )
                 elbo._rows_one_at_a_time = True
         signals, row_totals = [], []
-        for row in range(plan.num_rows):
+        for row in range(plan.num_rows - (1 if plan.sample_row else 0)):
             tracker = {}
             try:
                 model_trace, guide_trace = _run_once(

@@ -89,3 +89,39 @@ def test_program_that_does_not_broadcast_is_named_when_batching_is_required(case
 def test_bad_vectorize_alternatives():
     with pytest.raises(ValueError, match="vectorize_alternatives"):
         ARSM_ELBO(vectorize_alternatives="yes")
+
+
+def _model_mixing_rows():
+    """The model sums over every dim (not just its own): in a batch of alternatives, each
+    row's likelihood would read the other rows' values. Nothing raises: only the sample row
+    reveals it."""
+    data = torch.tensor([0.3, -1.2, 2.0])
+
+    def model():
+        locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.5]))
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("total", dist.Normal(locs[z].sum(), 0.5), obs=torch.tensor(2.0))
+
+    def guide():
+        phi = pyro.param("phi", torch.zeros(3, 3))
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Categorical(logits=phi))
+
+    return model, guide
+
+
+def test_program_mixing_the_alternatives_is_detected():
+    model, guide = _model_mixing_rows()
+    with pytest.raises(ValueError, match="mixes the alternatives"):
+        ARSM_ELBO(vectorize_alternatives=True).loss_and_grads(model, guide)
+
+
+def test_program_mixing_the_alternatives_falls_back_and_is_unbiased():
+    from .exact import check_unbiased
+
+    model, guide = _model_mixing_rows()
+    elbo = ARSM_ELBO()
+    ok, report = check_unbiased(elbo, model, guide, 600)
+    assert ok, report
+    assert elbo._rows_one_at_a_time
