@@ -5,6 +5,12 @@ Fashion-MNIST (Xiao, Rasul, Vollgraf, 2017, "Fashion-MNIST: a Novel Image Datase
 Benchmarking Machine Learning Algorithms", arXiv:1708.07747) ships as four idx files. On
 Debian/Ubuntu they are installed under ``/usr/share/datasets/fashion-mnist`` by the
 package ``dataset-fashion-mnist``.
+
+For the binary latent-variable models, :func:`load_binarized_fashion_mnist` gives the DisARM
+reference code's splits (the first 50,000 training images train, the other 10,000 validate,
+the test split tests) as intensities in ``[0, 1]`` with the training mean, and
+:func:`binarize` draws a fresh binarization (``pixel ~ Bernoulli(intensity)``) for every batch.
+:func:`write_idx` writes small synthetic idx folders for tests.
 """
 
 import gzip

@@ -24,6 +24,7 @@ Examples::
     python -m models.toys categorical --num-steps 5000 --seeds 0 1 2
 """
 
+import json
 import math
 import time
 
@@ -286,17 +287,23 @@ def _plot_relax_toy(results, checkpoints, args):
         line, = ax_loss.plot(steps, loss.median(0).values, label=name)
         ax_loss.fill_between(steps, loss.min(0).values, loss.max(0).values,
                              color=line.get_color(), alpha=0.2)
-        logvar = torch.tensor([[math.log10(max(v[c], 1e-300)) for c in checkpoints] for _, v in runs])
+        # a variance of exactly 0 (DisARM at p = 0.5; any estimator once p(b=1) is so small
+        # that every draw is b = 0) is drawn at the floor 1e-16
+        logvar = torch.tensor([[math.log10(max(v[c], 1e-16)) for c in checkpoints] for _, v in runs])
         ax_var.plot(checkpoints, logvar.median(0).values, color=line.get_color(), label=name)
         ax_var.fill_between(checkpoints, logvar.min(0).values, logvar.max(0).values,
                             color=line.get_color(), alpha=0.2)
     ax_loss.set(xlabel="step", ylabel="E[(b - t)^2]", title="loss (median, min-max over seeds)")
-    ax_var.set(xlabel="step", ylabel="log10 Var[d loss / d theta]", title="gradient variance")
+    ax_var.set(xlabel="step", ylabel="log10 Var[d loss / d theta] (0 drawn at -16)",
+               title="gradient variance")
     ax_loss.legend()
     fig.tight_layout()
     path = os.path.join(args.out, "relax_toy.png")
     fig.savefig(path, dpi=120)
-    print("wrote", path)
+    with open(os.path.join(args.out, "relax_toy.json"), "w") as f:
+        json.dump({name: [{"p": p.tolist(), "variance": {str(k): x for k, x in v.items()}}
+                          for p, v in runs] for name, runs in results.items()}, f)
+    print("wrote", path, "and relax_toy.json")
 
 
 def main(args):

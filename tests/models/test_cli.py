@@ -10,8 +10,9 @@ import pytest
 
 from models.data import DEFAULT_DATA_DIR
 
-CLIS = ["toys", "sorting", "matching", "jigsaw"]
-DATA_CLIS = ["jigsaw"]  # the CLIs that read Fashion-MNIST
+VAE_CLIS = ["bernoulli_vae", "categorical_vae", "sigmoid_belief_net", "ss_vae"]
+CLIS = ["toys", "sorting", "matching", "jigsaw"] + VAE_CLIS
+DATA_CLIS = ["jigsaw"] + VAE_CLIS  # the CLIs that read Fashion-MNIST
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
