@@ -422,6 +422,10 @@ class RELAX_ELBO(DiscreteELBO):
         def log_mass(fn, value):
             return _relaxed_log_mass(fn, value, logits_of.get(id(fn)))
 
+        def reset():
+            targets.clear()
+            logits_of.clear()
+
         plan = RowPlan(
             num_rows,
             first,
@@ -429,6 +433,7 @@ class RELAX_ELBO(DiscreteELBO):
             choose=choose,
             log_prob={m: log_mass for m in order},
             sample_row=check,
+            reset=reset,
         )
         try:
             # argument validation compares values; a relaxed value is checked by the taint

@@ -62,6 +62,8 @@ class RowPlan:
         substituted sites, in guide and model (e.g. a relaxed value's continuous log-mass).
     :param redraw: ``redraw(name, fn, site) -> value or None``: the estimator's common-random-
         number draw of a discrete site from its own noise (None: :func:`common_random_redraw`).
+    :param reset: called before each attempt at scoring the rows (batched, then one at a
+        time if the batch failed), to drop state that ``choose`` recorded in a failed attempt.
     :param bool sample_row: the last row holds the sample itself (every site unchanged): a
         check that the batched program broadcasts, as its learning signals there must equal
         the particle's; the row is dropped from the results.
@@ -78,10 +80,12 @@ class RowPlan:
         log_prob=None,
         redraw=None,
         sample_row=False,
+        reset=None,
     ):
         if (values is None) == (choose is None):
             raise ValueError("RowPlan: give exactly one of values and choose")
         self.sample_row = sample_row
+        self.reset = reset
         self.num_rows = num_rows
         self.first = first
         self.names = list(names)
@@ -336,6 +340,8 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
     mode = elbo.vectorize_alternatives
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         if mode is not False and not elbo._rows_one_at_a_time:
+            if plan.reset is not None:
+                plan.reset()
             tracker = {}
             try:
                 model_trace, guide_trace = _run_once(
@@ -376,6 +382,8 @@ def run_rows(elbo, particle, plan, grad=False, totals=False):
                     message,
                 )
                 elbo._rows_one_at_a_time = True
+        if plan.reset is not None:
+            plan.reset()
         signals, row_totals = [], []
         for row in range(plan.num_rows - (1 if plan.sample_row else 0)):
             tracker = {}

@@ -29,6 +29,7 @@ ESTIMATORS = {
     "neural": lambda: RELAX_ELBO(control_variate="neural"),
     "relax2-vectorized": lambda: RELAX_ELBO(num_particles=2, vectorize_particles=True),
     "rebar2-sequential": lambda: REBAR_ELBO(num_particles=2),
+    "relax-one-at-a-time": lambda: RELAX_ELBO(vectorize_alternatives=False),
 }
 RELAXABLE = [
     "vector_bernoulli",
@@ -56,6 +57,8 @@ def _pairs():
         yield "relax2-vectorized", case
     for case in ["plate_bernoulli", "mixed", "two_layer_bernoulli"]:
         yield "rebar2-sequential", case
+    for case in ["plate_bernoulli", "two_layer_bernoulli", "one_hot_categorical"]:
+        yield "relax-one-at-a-time", case
 
 
 @pytest.mark.parametrize("estimator,case", list(_pairs()))

@@ -10,7 +10,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from torch.distributions import constraints
 
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import ARSM_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 from . import cases
 from .exact import init_params, param_leaves
@@ -20,6 +20,8 @@ ELBOS = {
     "vargrad": lambda: VarGrad_ELBO(num_particles=4, vectorize_particles=True),
     "arm": lambda: ARSM_ELBO(num_particles=2, vectorize_particles=True),
     "disarm": lambda: ARSM_ELBO(bernoulli="disarm"),
+    # "neural": the control variate that also takes Categorical (index) sites
+    "relax": lambda: RELAX_ELBO(control_variate="neural", num_particles=2, vectorize_particles=True),
 }
 
 
