@@ -23,13 +23,15 @@ import sys
 import pyro.infer
 import pytest
 
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import ARSM_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
 
 ELBOS = {
     "rloo": (ReinforceLOO_ELBO, {}),
     "vargrad": (VarGrad_ELBO, {}),
     "arm": (ARSM_ELBO, {"bernoulli": "arm"}),
     "disarm": (ARSM_ELBO, {"bernoulli": "disarm"}),
+    "relax": (RELAX_ELBO, {}),
+    "relax-neural": (RELAX_ELBO, {"control_variate": "neural"}),
 }
 
 

@@ -394,6 +394,8 @@ class RELAX_ELBO(DiscreteELBO):
         def choose(name, fn, site, row):
             s, k = sites[name], index[name]
             alpha = discrete_site_info(name, fn).logits
+            if not alpha.requires_grad:  # constant logits: a leaf to differentiate at
+                alpha = alpha.detach().requires_grad_()
             logits_of[id(fn)] = alpha
             targets.append((name, row, alpha))
             u, v = p.noise[name]

@@ -392,6 +392,21 @@ def categorical_in_plates():
     return model, guide, {}
 
 
+def constant_guide():
+    """A guide site without parameters (fixed probabilities), as in Pyro's subsample cases."""
+
+    def model():
+        with pyro.plate("data", 10, 5):
+            pyro.sample("x", dist.Bernoulli(0.5))
+
+    def guide():
+        with pyro.plate("data", 10, 5):
+            p = pyro.subsample(0.5 * torch.ones(10), event_dim=0)
+            pyro.sample("x", dist.Bernoulli(p))
+
+    return model, guide, {}
+
+
 def deterministic_sites():
     def model():
         z = pyro.sample("z", dist.Bernoulli(0.5))
@@ -434,6 +449,7 @@ VALID = {
     "mixed-set-has-rsample": lambda: mixed_reparam(True),
     "categorical-in-plates": categorical_in_plates,
     "deterministic-sites": deterministic_sites,
+    "constant-guide": constant_guide,
 }
 
 
