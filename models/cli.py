@@ -6,6 +6,7 @@ Each module has a ``make_parser()`` and a ``main(args)`` that tests and notebook
 
 import argparse
 import os
+import statistics
 
 from models.data import DEFAULT_DATA_DIR, missing_files
 
@@ -15,6 +16,8 @@ __all__ = [
     "add_data_argument",
     "check_data_dir",
     "make_parser",
+    "mean_sd",
+    "plus_minus",
 ]
 
 
@@ -93,3 +96,14 @@ def check_data_dir(data_dir, splits=("train", "test")):
         )
     print(f"# data: Fashion-MNIST from {folder}", flush=True)
     return folder
+
+
+def mean_sd(values):
+    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plus_minus(mean, sd, spec, num_seeds):
+    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
+    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"

@@ -31,7 +31,6 @@ Reference:
     Gumbel-Sinkhorn Networks." ICLR 2018.
 """
 
-import statistics
 import time
 
 import numpy as np
@@ -180,17 +179,6 @@ def _load(data_dir, split, limit, device):
     return torch.from_numpy(images).to(device)
 
 
-def _mean_sd(values):
-    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
-    values = list(values)
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _pm(mean, sd, spec, num_seeds):
-    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
-    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
-
-
 #: the numeric columns of the table: key, Markdown header, format
 COLUMNS = (
     ("prop_correct", "prop correct", ".4f"),
@@ -261,7 +249,7 @@ def main(args):
     runs = [run(seed, train_images, test_images, args) for seed in seeds]
     means, sds = [], []
     for i, k in enumerate(args.grid):
-        stats = {key: _mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
+        stats = {key: cli.mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
         means.append(dict(grid=k, **{key: m for key, (m, _) in stats.items()}))
         sds.append(dict(grid=k, **{key: sd for key, (_, sd) in stats.items()}))
     seconds = time.perf_counter() - start
@@ -270,7 +258,7 @@ def main(args):
     print("| grid | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
     print("|---" * (1 + len(COLUMNS)) + "|")
     for mean, sd in zip(means, sds):
-        cells = [_pm(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
+        cells = [cli.plus_minus(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
         print(f"| {mean['grid']}x{mean['grid']} | " + " | ".join(cells) + " |")
     print(f"# total wall time: {seconds:.1f} s", flush=True)
     return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}

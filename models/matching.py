@@ -80,7 +80,6 @@ Reference:
 
 import itertools
 import math
-import statistics
 import time
 
 import pyro
@@ -312,17 +311,6 @@ def fit_guide(method, mus, ys, sigma, num_steps, learning_rate, num_particles=8,
     return sample
 
 
-def _mean_sd(values):
-    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
-    values = list(values)
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _pm(mean, sd, spec, num_seeds):
-    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
-    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
-
-
 def _paper(name, sigma):
     """The paper's value for ``name`` at ``sigma`` as ``" (0.09)"``, or ``""``."""
     paper = PAPER_TABLE.get(name)
@@ -425,11 +413,11 @@ def main(args):
     mean = {"table": {}, "timings": {}}
     sd = {"table": {}, "timings": {}}
     for name in runs[0]["table"]:
-        stats = [_mean_sd(r["table"][name][i] for r in runs) for i in range(len(sigmas))]
+        stats = [cli.mean_sd(r["table"][name][i] for r in runs) for i in range(len(sigmas))]
         mean["table"][name] = [m for m, _ in stats]
         sd["table"][name] = [s for _, s in stats]
     for name in runs[0]["timings"]:
-        mean["timings"][name], sd["timings"][name] = _mean_sd(r["timings"][name] for r in runs)
+        mean["timings"][name], sd["timings"][name] = cli.mean_sd(r["timings"][name] for r in runs)
     seconds = time.perf_counter() - start
 
     num = len(seeds)
@@ -440,11 +428,11 @@ def main(args):
     print("|---" * (len(sigmas) + 2) + "|")
     for name, row in mean["table"].items():
         cells = [
-            _pm(m, s, ".3f", num) + _paper(name, sigma)
+            cli.plus_minus(m, s, ".3f", num) + _paper(name, sigma)
             for sigma, m, s in zip(sigmas, row, sd["table"][name])
         ]
         if name in mean["timings"]:
-            cells.append(_pm(mean["timings"][name], sd["timings"][name], ".1f", num))
+            cells.append(cli.plus_minus(mean["timings"][name], sd["timings"][name], ".1f", num))
         else:
             cells.append("-")
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -26,7 +26,6 @@ Reference:
     Gumbel-Sinkhorn Networks." ICLR 2018.
 """
 
-import statistics
 import time
 
 import pyro
@@ -133,17 +132,6 @@ def train(n, args, device, dtype=torch.float32):
     return net
 
 
-def _mean_sd(values):
-    """Mean and sample standard deviation (:func:`statistics.stdev`; 0 for one value)."""
-    values = list(values)
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _pm(mean, sd, spec, num_seeds):
-    """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
-    return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
-
-
 #: the numeric columns of the table: key, Markdown header, format
 COLUMNS = (
     ("prop_wrong", "prop wrong", ".4f"),
@@ -210,7 +198,7 @@ def main(args):
     runs = [run(seed, args, device) for seed in seeds]
     means, sds = [], []
     for i, n in enumerate(args.n):
-        stats = {key: _mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
+        stats = {key: cli.mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
         means.append(dict(n=n, **{key: m for key, (m, _) in stats.items()}))
         sds.append(dict(n=n, **{key: sd for key, (_, sd) in stats.items()}))
     seconds = time.perf_counter() - start
@@ -219,7 +207,7 @@ def main(args):
     print("| N | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
     print("|---" * (1 + len(COLUMNS)) + "|")
     for mean, sd in zip(means, sds):
-        cells = [_pm(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
+        cells = [cli.plus_minus(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
         print(f"| {mean['n']} | " + " | ".join(cells) + " |")
     print(f"# total wall time: {seconds:.1f} s", flush=True)
     return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}

@@ -20,7 +20,7 @@ from pyro_relax.distributions.relaxed_conditioned import (
 
 from .discrete_elbo import DiscreteELBO, _forked_rng
 from .substitution import RowPlan, run_rows
-from .util import discrete_site_info, learning_signals, left_pad
+from .util import base_distribution, discrete_site_info, learning_signals, left_pad
 
 __all__ = ["ControlVariateMLP", "RELAX_ELBO", "REBAR_ELBO"]
 
@@ -256,7 +256,7 @@ class RELAX_ELBO(DiscreteELBO):
         """The control variate's trainable state for site ``name``."""
         prefix = "{}.{}".format(self.prefix, name)
         fn = site["fn"]
-        init = getattr(_unwrap(fn), "temperature", None)
+        init = getattr(base_distribution(fn), "temperature", None)
         init = self.temperature if init is None else init
         dtype, device = relaxed_like.dtype, relaxed_like.device
         temperature = pyro.param(
@@ -613,15 +613,6 @@ def _plain(x):
 
 
 # ------------------------------------------------------------------ helpers
-def _unwrap(fn):
-    while isinstance(fn, Independent) or type(fn).__name__ in (
-        "MaskedDistribution",
-        "ExpandedDistribution",
-    ):
-        fn = fn.base_dist
-    return fn
-
-
 def _coupling(kind):
     if kind == "bernoulli":
         return bernoulli_pre_activation, bernoulli_conditioned_pre_activation

@@ -20,9 +20,9 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from torch.distributions import Independent, Normal
+from torch.distributions import Normal
 
-from .util import learning_signals, left_pad
+from .util import base_distribution, learning_signals, left_pad
 
 __all__ = [
     "RowPlan",
@@ -105,21 +105,12 @@ def subsample_trace(trace):
     return out
 
 
-def _unwrap(fn):
-    while isinstance(fn, Independent) or type(fn).__name__ in (
-        "MaskedDistribution",
-        "ExpandedDistribution",
-    ):
-        fn = fn.base_dist
-    return fn
-
-
 def common_random_redraw(fn, site):
     """Draws a value of ``fn`` (the re-run's distribution of a guide site) with the same noise
     that produced ``site["value"]`` where the family allows it (a Normal: the same standard
     normal ``eps``, so an unchanged distribution returns the sample and a changed one moves it
     pathwise); otherwise a fresh draw, which is also unbiased."""
-    new, old = _unwrap(fn), _unwrap(site["fn"])
+    new, old = base_distribution(fn), base_distribution(site["fn"])
     shape = fn.batch_shape + fn.event_shape
     if isinstance(new, Normal) and isinstance(old, Normal):
         eps = ((site["value"] - old.loc) / old.scale).detach()

@@ -14,6 +14,7 @@ from torch.distributions import Bernoulli, Categorical, Independent, OneHotCateg
 
 __all__ = [
     "DiscreteSite",
+    "base_distribution",
     "discrete_site_info",
     "leave_one_out_centered",
     "learning_signals",
@@ -125,20 +126,21 @@ class DiscreteSite(NamedTuple):
     event_dim: int
 
 
+def base_distribution(fn):
+    """The distribution under ``.to_event`` (``Independent``), plate broadcasting
+    (``ExpandedDistribution``) and ``.mask`` (``MaskedDistribution``) wrappers."""
+    while isinstance(fn, Independent) or type(fn).__name__ in (
+        "MaskedDistribution",
+        "ExpandedDistribution",
+    ):
+        fn = fn.base_dist
+    return fn
+
+
 def discrete_site_info(name: str, fn) -> Optional[DiscreteSite]:
     """Recognizes Bernoulli, Categorical and OneHotCategorical guide distributions (possibly
     reinterpreted with ``.to_event`` and broadcast by plates); returns ``None`` otherwise."""
-    base = fn
-    while True:
-        if isinstance(base, Independent):
-            base = base.base_dist
-        elif hasattr(base, "base_dist") and type(base).__name__ in (
-            "MaskedDistribution",
-            "ExpandedDistribution",
-        ):
-            base = base.base_dist
-        else:
-            break
+    base = base_distribution(fn)
     shape = fn.batch_shape + fn.event_shape
     if isinstance(base, Bernoulli):
         return DiscreteSite("bernoulli", base.logits.expand(shape), fn.event_dim)
