@@ -210,13 +210,18 @@ def gradient_variance(args, estimator, seed, data, snapshots):
         pyro.set_rng_seed(2000 + seed + step)
         _cv_training(experiment, args.cv_steps, args.cv_learning_rate or 1e-3)
 
+        encoder = list(vae.encoder_parameters())
+        if not all(p.requires_grad for p in encoder):
+            raise RuntimeError("gradient_variance: an encoder parameter does not require grad "
+                               "(its variance would read as 0): the snapshot lost it")
+
         def draw(arguments):
             for name in store.keys():
                 store.get_param(name).unconstrained().grad = None
             svi.loss_and_grads(svi.model, svi.guide, *arguments)
             return torch.cat([
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                for p in vae.encoder_parameters()
+                for p in encoder
             ])
 
         for _ in range(args.warmup_draws):  # on fresh batches, as in training

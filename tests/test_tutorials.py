@@ -100,14 +100,14 @@ def test_tutorial_runs(path, kernel_env):
     assert all(c.get("execution_count") for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert sum(len(images(c)) for c in code) >= 1, "the notebook drew no figure"
-    if path.name == "permutations.ipynb":
-        check_permutations(nb)
+    check = CHECKS.get(path.name)
+    if check is not None:
+        first_code = next(c for c in nb.cells if c.cell_type == "code")
+        assert "smoke test: True" in text(first_code)
+        check(nb)
 
 
 def check_permutations(nb):
-    first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert "smoke test: True" in text(first_code)
-
     # 1. Sinkhorn: four heat maps; after 20 iterations rows and columns sum to one
     cell = tagged(nb, "sinkhorn-sums")
     assert len(images(cell)) == 1
@@ -142,3 +142,91 @@ def check_permutations(nb):
     losses = out.split("ELBO loss: first")[1].split("\n")[0]
     first, last = (float(v) for v in losses.replace(", last", "").split())
     assert last < first
+
+
+def lines_with(out, marker):
+    return [line for line in out.splitlines() if marker in line]
+
+
+def number_before(line, marker):
+    """The number just before ``marker`` in ``line``."""
+    return float(line.split(marker)[0].split()[-1].strip(",|"))
+
+
+def check_swapping_elbos(nb):
+    # gradient draws at theta = 0: DisARM is exact (variance 0); the costs per step
+    rows = {}
+    for line in text(tagged(nb, "bernoulli-gradients")).splitlines()[1:]:
+        if line.strip():
+            *name, mean, variance, evals, ms = line.split()
+            rows[" ".join(name)] = (float(mean), float(variance), float(evals))
+    assert set(rows) == {"REINFORCE (Trace_ELBO)", "ReinforceLOO_ELBO(2)", "ARM", "DisARM",
+                         "REBAR", "RELAX"}
+    assert rows["DisARM"][1] == 0 and abs(rows["DisARM"][0] - 5e-4) < 1e-9
+    evals = {name: row[2] for name, row in rows.items()}
+    assert evals == {"REINFORCE (Trace_ELBO)": 1, "ReinforceLOO_ELBO(2)": 2, "ARM": 2,
+                     "DisARM": 2, "REBAR": 3, "RELAX": 3}
+    # the ARSM toy: ARSM's cost is 1 + the distinct pseudo actions (at most C = 30)
+    out = text(tagged(nb, "arsm-toy"))
+    (arsm,) = lines_with(out, "ARSM_ELBO ")
+    assert 1 <= number_before(arsm, "model evaluations") <= 30
+    assert lines_with(out, "exact gradient ascent")
+
+
+def check_bernoulli_vae(nb):
+    out = text(tagged(nb, "training"))
+    evals = {line.split()[0]: number_before(line, "model evaluations/step")
+             for line in lines_with(out, "model evaluations/step")}
+    assert evals == {"trace": 1, "rloo": 2, "disarm": 2, "relax": 3}
+    for line in lines_with(out, "bound"):
+        assert -1000 < float(line.split()[-1]) < 0
+    # REINFORCE's encoder-gradient variance is orders of magnitude above the others'
+    cell = tagged(nb, "gradient-variance")
+    assert len(images(cell)) == 1
+    variances = {line.split(":")[0].strip(): [float(v.split(":")[-1].split()[0])
+                                              for v in line.split(",")]
+                 for line in lines_with(text(cell), "log10 Var")}
+    assert set(variances) == {"trace", "rloo", "disarm", "relax"}
+    others = max(v for name, vs in variances.items() if name != "trace" for v in vs)
+    assert min(variances["trace"]) > others + 1
+
+
+def check_categorical_vae(nb):
+    out = text(tagged(nb, "training"))
+    evals = {line.split()[0]: number_before(line, "model evaluations/step")
+             for line in lines_with(out, "model evaluations/step")}
+    assert set(evals) == {"arsm", "relax", "rloo"}
+    assert evals["rloo"] == 2 and evals["relax"] == 3 and 1 < evals["arsm"] <= 46
+    cell = tagged(nb, "sharpening")
+    assert len(images(cell)) == 1
+    calls = [number_before(line, "model evaluations per call")
+             for line in lines_with(text(cell), "model evaluations per call")]
+    assert len(calls) >= 2 and all(1 <= c <= 46 for c in calls)
+
+
+def check_extending(nb):
+    out = text(tagged(nb, "mixture-training"))
+    (arsm,) = lines_with(out, "ARSM_ELBO ")
+    (loo,) = lines_with(out, "ReinforceLOO_ELBO(4)")
+    assert 1 <= number_before(arsm, "model evaluations/step") <= 4
+    assert number_before(loo, "model evaluations/step") == 4
+    # RELAX refuses an index-valued Categorical site, and a control variate coupling the cells
+    out = text(tagged(nb, "categorical-error"))
+    assert "ValueError" in out and "OneHotCategorical" in out
+    assert "depends on other cells" in text(tagged(nb, "coupled-error"))
+    # the variance comparison: six estimators and their costs
+    cell = tagged(nb, "cv-variance")
+    assert len(images(cell)) == 1
+    rows = lines_with(text(cell), "variance")
+    assert len(rows) == 6
+    costs = [number_before(line, "model evaluations/step") for line in rows]
+    assert costs[:4] == [1, 1, 1, 3]
+
+
+CHECKS = {
+    "permutations.ipynb": check_permutations,
+    "swapping_elbos.ipynb": check_swapping_elbos,
+    "bernoulli_vae.ipynb": check_bernoulli_vae,
+    "categorical_vae.ipynb": check_categorical_vae,
+    "extending.ipynb": check_extending,
+}
