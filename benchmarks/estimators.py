@@ -210,15 +210,16 @@ def gradient_variance(args, estimator, seed, data, snapshots):
         pyro.set_rng_seed(2000 + seed + step)
         _cv_training(experiment, args.cv_steps, args.cv_learning_rate or 1e-3)
 
-        encoder = list(vae.encoder_parameters())
-        if not all(p.requires_grad for p in encoder):
-            raise RuntimeError("gradient_variance: an encoder parameter does not require grad "
-                               "(its variance would read as 0): the snapshot lost it")
-
         def draw(arguments):
             for name in store.keys():
                 store.get_param(name).unconstrained().grad = None
             svi.loss_and_grads(svi.model, svi.guide, *arguments)
+            # the encoder's parameters as they are now: pyro.module may have swapped in the
+            # param store's tensors during the call
+            encoder = list(vae.encoder_parameters())
+            if not all(p.requires_grad for p in encoder):
+                raise RuntimeError("gradient_variance: an encoder parameter does not require "
+                                   "grad (its variance would read as 0)")
             return torch.cat([
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                 for p in encoder

@@ -307,6 +307,12 @@ def _plot_relax_toy(results, checkpoints, args):
 
 
 def main(args):
+    problems = args.problems or ["bernoulli", "categorical"]
+    unknown = sorted(set(problems) - {"bernoulli", "relax", "categorical"})
+    if unknown:
+        raise SystemExit("error: unknown problem(s) {}: choose from bernoulli, relax, "
+                         "categorical".format(", ".join(unknown)))
+    args.problems = problems
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)
     device = torch.device(args.device)
@@ -352,9 +358,9 @@ def make_parser():
         "E[0.5 + (z + 1) / (C R)], z ~ Categorical(softmax(phi)), C = R = --num-categories; "
         "prints the probability of the best category per estimator and seed.",
     )
-    parser.add_argument("problems", nargs="*", default=["bernoulli", "categorical"],
-                        choices=["bernoulli", "relax", "categorical"],
-                        help="which toys to run (the RELAX toy trains for minutes: ask for it)")
+    parser.add_argument("problems", nargs="*", metavar="PROBLEM",
+                        help="which toys to run: bernoulli, relax, categorical (default: "
+                        "bernoulli categorical; the RELAX toy trains for minutes: ask for it)")
     parser.add_argument("--relax-steps", type=int, default=10000,
                         help="Adam steps (RELAX toy)")
     parser.add_argument("--relax-lr", type=float, default=0.01,

@@ -20,6 +20,8 @@ PAGES = {
     "pyro_relax.infer": "inference.rst",
     "pyro_relax.infer.util": "inference.rst",
     "pyro_relax.infer.substitution": "inference.rst",
+    "pyro_relax.infer.pseudo_actions": "inference.rst",
+    "pyro_relax.infer.coupled": "inference.rst",
     "pyro_relax.distributions": "distributions.rst",
     "pyro_relax.distributions.relaxed_conditioned": "distributions.rst",
     "pyro_relax.ops": "ops.rst",

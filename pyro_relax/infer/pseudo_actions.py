@@ -131,11 +131,16 @@ class SwapTable:
         valid[slot, owner] = True
         return rows, valid, counts
 
-    def gradient(self, lookup, references=None):
+    def gradient(self, lookup, references=None, rao_blackwellize=False):
         """ARSM's gradient with respect to the logits,
-        :math:`\\frac1C \\sum_j \\big(f(z^{c \\rightleftharpoons j}) - \\frac1C \\sum_m
-        f(z^{m \\rightleftharpoons j})\\big)(1 - C\\pi_j)`, summed over the given references
-        (all ``C`` by default: ARSM; one: ARS).
+        :math:`\\frac1J \\sum_j \\big(f(z^{c \\rightleftharpoons j}) - \\frac1C \\sum_m
+        f(z^{m \\rightleftharpoons j})\\big)(1 - C\\pi_j)`, averaged over the ``J`` given
+        references (all ``C`` by default: ARSM; one drawn uniformly: ARS).
+
+        With ``rao_blackwellize=True`` (ARS+ / ARSM+) each reference's weight
+        :math:`\\pi_j` is replaced by its conditional mean (:meth:`expected_reference`) and the
+        term of a variable whose pseudo actions for that reference all agree is dropped (its
+        conditional mean given that variable's noise is zero).
 
         :param lookup: ``lookup(actions, cs, js) -> f``: ``actions`` a long tensor
             ``(M, N, K)`` of the pseudo actions of the swaps ``(cs[m], js[m])``, ``f`` the
@@ -149,12 +154,106 @@ class SwapTable:
         pi = self.log_pi.exp()
         for js in self._reference_chunks(references):
             cs, jj = self._pairs_for(js)
-            f = lookup(self.actions(cs, jj), cs, jj).reshape(len(js), C, N)
+            actions = self.actions(cs, jj)
+            f = lookup(actions, cs, jj).reshape(len(js), C, N)
             f = f - f.mean(1, keepdim=True)  # (J, C, N)
-            weight = 1.0 - C * pi[..., js]  # (N, K, J)
+            if rao_blackwellize:
+                actions = actions.reshape(len(js), C, N, K)
+                mean_pi = self.expected_reference(js, actions)
+                weight = (1.0 - C * mean_pi) * (~self.agreement(actions)).to(pi.dtype)
+            else:
+                weight = 1.0 - C * pi[..., js]  # (N, K, J)
             grad = grad + torch.einsum("jcn,nkj->nkc", f, weight)
-        return grad / C
+        return grad / len(references)
 
+    @staticmethod
+    def agreement(actions):
+        """The symmetry step's indicator: for each variable and reference ``j``, whether its
+        pseudo actions :math:`z^{m \\rightleftharpoons j}` agree for every ``m``.
+
+        :param torch.Tensor actions: ``(J, C, N, K)`` pseudo actions.
+        :returns: a bool tensor ``(N, K, J)``.
+        """
+        return (actions == actions[:, :1]).all(1).permute(1, 2, 0)
+
+    def expected_reference(self, references, actions=None):
+        """:math:`E[\\pi_j \\mid \\cdot]` for each reference ``j``: the conditional mean of the
+        reference coordinate given the pseudo actions :math:`z^{m \\rightleftharpoons j}`
+        (``m = 1..C``) and every coordinate but :math:`\\pi_j` and one other, :math:`\\pi_o`, which
+        absorbs the change (:math:`\\pi_j + \\pi_o = r` fixed), averaged over the ``C - 1``
+        choices of ``o``.
+
+        Given those, :math:`\\pi_j` is uniform (Dirichlet(1) is uniform on the simplex) on the
+        values that reproduce every observed pseudo action. Each one is an interval: with
+        :math:`x = \\pi_j`, a pseudo action's entries :math:`\\ln\\pi_i - \\phi_i` are one
+        increasing in :math:`x` (``I``: where :math:`x` sits), one decreasing (``D``: where
+        :math:`r - x` sits) and fixed ones (smallest ``F``); winning ``I`` means
+        :math:`x < \\min(e^{F + \\phi_I}, r\\sigma(\\phi_I - \\phi_D))`, winning ``D`` means
+        :math:`x > \\max(r - e^{F + \\phi_D}, r\\sigma(\\phi_I - \\phi_D))` and a fixed winner means
+        :math:`e^{F + \\phi_I} < x < r - e^{F + \\phi_D}`. The conditional mean is the midpoint of
+        the intersection.
+
+        :param torch.Tensor references: ``(J,)`` reference categories.
+        :param torch.Tensor actions: optional ``(J, C, N, K)`` pseudo actions
+            :math:`z^{m \\rightleftharpoons j}` (computed if omitted).
+        :returns: a tensor ``(N, K, J)``.
+        """
+        N, K, C = self.num_cells, self.num_vars, self.num_categories
+        J = len(references)
+        device = self.phi.device
+        if actions is None:
+            cs, jj = self._pairs_for(references)
+            actions = self.actions(cs, jj).reshape(J, C, N, K)
+        log_pi, phi = self.log_pi, self.phi
+        a = log_pi - phi
+        k = min(4, C)
+        top_val, top_idx = a.topk(k, -1, largest=False)  # (N, K, k)
+        # all (reference, absorber) pairs with o != j, in chunks of whole pseudo-action sets
+        jr = torch.arange(J, device=device).repeat_interleave(C)
+        oo = torch.arange(C, device=device).repeat(J)
+        keep = oo != references[jr]
+        jr, oo = jr[keep], oo[keep]
+        total = phi.new_zeros(J, N, K)
+        size = max(1, CHUNK_ELEMENTS // max(1, C * N * K))
+        m = torch.arange(C, device=device).reshape(1, C, 1, 1)
+        for start in range(0, len(jr), size):
+            jrow, o = jr[start : start + size], oo[start : start + size]
+            j = references[jrow]
+            P = len(j)
+            jv, ov = j.reshape(P, 1, 1, 1), o.reshape(P, 1, 1, 1)
+            w = actions[jrow]  # (P, C, N, K)
+
+            def at(x, index):  # x (N, K, C), index (P, 1, 1, 1) or m -> (P or 1, C or 1, N, K)
+                return x.permute(2, 0, 1)[index.reshape(-1)].reshape(index.shape[:2] + (N, K))
+
+            lp_j, lp_o = at(log_pi, jv), at(log_pi, ov)
+            phi_j, phi_o = at(phi, jv), at(phi, ov)
+            lp_m, phi_m = at(log_pi, m), at(phi, m)
+            r = lp_j.exp() + lp_o.exp()
+            is_j, is_o = m == jv, m == ov
+            inc = torch.where(is_j, jv, torch.where(is_o, ov, m)).expand(P, C, 1, 1)
+            dec = torch.where(is_o, jv, ov).expand(P, C, 1, 1)
+            phi_inc = torch.where(is_j, phi_j, torch.where(is_o, phi_o, phi_m))
+            phi_dec = torch.where(is_o, phi_j, phi_o)
+            # F: the smallest fixed entry, over i not in {j, o, m}; and, for m not in {j, o},
+            # the swapped-in entry log pi_m - phi_j at position j
+            F = torch.full((P, C, N, K), float("inf"), dtype=phi.dtype, device=device)
+            for t in range(k - 1, -1, -1):
+                idx, val = top_idx[..., t], top_val[..., t]
+                free = (idx != jv) & (idx != ov) & (idx != m)
+                F = torch.where(free, val, F)
+            F = torch.where(is_j | is_o, F, torch.minimum(F, lp_m - phi_j))
+            s = r * torch.sigmoid(phi_inc - phi_dec)
+            e_inc, e_dec = (F + phi_inc).exp(), (F + phi_dec).exp()
+            win_inc, win_dec = w == inc, w == dec
+            lower = torch.where(win_inc, torch.zeros_like(s),
+                                torch.where(win_dec, torch.maximum(r - e_dec, s), e_inc))
+            upper = torch.where(win_inc, torch.minimum(e_inc, s),
+                                torch.where(win_dec, r.expand_as(s), r - e_dec))
+            lo = lower.amax(1).clamp(min=0.0)  # (P, N, K)
+            hi = torch.minimum(upper.amin(1), r[:, 0])
+            total.index_add_(0, jrow, 0.5 * (lo + hi))
+        return (total / (C - 1)).permute(1, 2, 0)
 
 def pack(cells, actions, num_categories):
     """Exact integer keys for ``(cell, action vector)`` pairs: the vector's digits (base

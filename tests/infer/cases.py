@@ -374,3 +374,73 @@ DEPENDENT = (
 )
 #: programs that do not broadcast over a batch dimension (Python on a sample's value)
 NOT_BROADCASTING = ("python_branch", "model_python_branch")
+
+
+def plate_categorical():
+    """Per-datapoint Categorical latents in a data plate (separable: each cell's signal is its
+    own, so an estimator may pack different alternatives of different cells into one row)."""
+    data = torch.tensor([0.3, -1.2, 2.0])
+
+    def model(data):
+        locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.5, 0.5]))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(torch.tensor([0.1, 0.3, 0.4, 0.2])))
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+    def guide(data):
+        phi = pyro.param(
+            "phi",
+            torch.tensor([[0.3, -0.2, 0.1, 0.0], [0.0, 0.5, -0.4, 0.2], [1.0, 0.2, 0.0, -0.6]]),
+        )
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Categorical(logits=phi))
+
+    return model, guide, (data,)
+
+
+def plate_categorical_global():
+    """As :func:`plate_categorical`, plus an observation outside the plate that reads every
+    cell's value (not separable: a cell's signal depends on the other cells)."""
+    data = torch.tensor([0.3, -1.2, 2.0])
+
+    def model(data):
+        locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.5]))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+        total = locs[z].sum(-1, keepdim=True)  # keepdim: broadcasts over a batch at dim -2
+        pyro.sample("total", dist.Normal(total, 0.5), obs=torch.tensor([2.0]))
+
+    def guide(data):
+        phi = pyro.param("phi", torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4], [1.0, 0.2, 0.0]]))
+        with pyro.plate("data", len(data)):
+            pyro.sample("z", dist.Categorical(logits=phi))
+
+    return model, guide, (data,)
+
+
+def vector_categorical():
+    """Three OneHotCategorical variables in one site (``.to_event(1)``): several variables per
+    plate cell, whose alternatives change together."""
+
+    def model():
+        mu = pyro.param("mu", torch.tensor([-1.0, 0.5, 2.0]))
+        z = pyro.sample("z", dist.OneHotCategorical(torch.ones(3, 3) / 3).to_event(1))
+        pyro.sample("x", dist.Normal((z * mu).sum((-2, -1)), 1.0), obs=torch.tensor(1.5))
+
+    def guide():
+        phi = pyro.param(
+            "phi", torch.tensor([[0.5, -0.3, 0.1], [0.0, 0.8, -0.5], [-1.0, 0.3, 0.4]])
+        )
+        pyro.sample("z", dist.OneHotCategorical(logits=phi).to_event(1))
+
+    return model, guide, ()
+
+
+#: categorical cases used by the tests of the categorical estimators only (not in :data:`ALL`,
+#: so that the estimators tested on every case do not run them)
+CATEGORICAL = {
+    "plate_categorical": plate_categorical,
+    "plate_categorical_global": plate_categorical_global,
+    "vector_categorical": vector_categorical,
+}

@@ -62,3 +62,14 @@ def test_relax_reduces_the_toy_gradient_variance_by_orders_of_magnitude():
     _, relax = toys.train_bernoulli_toy("relax", 300, seed=0, checkpoints=(300,),
                                         variance_draws=200)
     assert relax[300] < 1e-2 * reinforce[300], (relax, reinforce)
+
+
+def test_default_problems_are_the_quick_toys():
+    args = toys.make_parser().parse_args(
+        ["--num-samples", "20", "--num-steps", "5", "--seeds", "0", "--estimators", "exact", "arsm"]
+    )
+    assert args.problems == []
+    results = toys.main(args)
+    assert args.problems == ["bernoulli", "categorical"] and set(results) == {"exact", "arsm"}
+    with pytest.raises(SystemExit, match="unknown problem"):
+        toys.main(toys.make_parser().parse_args(["relaxed"]))
