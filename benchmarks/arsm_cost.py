@@ -13,6 +13,10 @@ the better buy.
    posterior), the variance of the gradient with respect to ``phi`` (summed over its entries)
    for ARSM and for ``ReinforceLOO_ELBO(S)`` with ``S`` the nearest integer to ARSM's mean
    number of model evaluations per datapoint.
+3. **The categorical VAE** (``models.categorical_vae``, 20 latents x 10 classes on Fashion-MNIST):
+   ARSM trained for ``--vae-steps`` steps; at checkpoints, ms per ``loss_and_grads`` call and
+   rows scored with the packed scoring and with all swaps (at the same parameters and batch),
+   and the distinct pseudo actions per image (mean / max over the batch).
 
 Usage::
 
@@ -139,6 +143,53 @@ def loo_table(args):
                 C, sharpness, evals, v_arsm, S, v_loo, v_loo / v_arsm), flush=True)
 
 
+def vae_table(args):
+    import pyro_relax.infer.arsm as arsm
+    from models import categorical_vae, vae_common
+
+    vae_args = categorical_vae.make_parser().parse_args(
+        ["--estimator", "arsm", "--num-steps", str(args.vae_steps), "--threads", str(args.threads),
+         "--no-progress"])
+    data = vae_common.load_data(vae_args)
+    num_particles, temperature = vae_common.check_estimator_options(
+        vae_args, categorical_vae.NAME, categorical_vae.CategoricalVAE.estimators)
+    exp = vae_common.Experiment(categorical_vae.NAME, categorical_vae.build, vae_args, data,
+                                num_particles, temperature)
+    svi = exp.svis["elbo"]
+    batch = exp.vae.gradient_batch(data, vae_args.batch_size, torch.Generator().manual_seed(0))
+    checkpoints = sorted({0, args.vae_steps // 4, args.vae_steps // 2, args.vae_steps})
+    print("\n3. categorical VAE (20 x 10, batch {}, Adam {}), ARSM: per loss_and_grads call at "
+          "the parameters after each step count, on one batch (median of {} calls)".format(
+              vae_args.batch_size, vae_args.learning_rate, args.calls))
+    print("| step | distinct actions per image (mean / max) | packed: rows, ms | all swaps: rows, ms |")
+    print("|---|---|---|---|")
+    separable = arsm._separable
+
+    def measure(packed):
+        arsm._separable = separable if packed else (lambda particle, name: False)
+        try:
+            svi.loss_and_grads(svi.model, svi.guide, *batch)  # warm up
+            times, rows = [], []
+            for _ in range(args.calls):
+                evals0 = exp.elbo.num_model_evaluations
+                start = time.perf_counter()
+                svi.loss_and_grads(svi.model, svi.guide, *batch)
+                times.append(1e3 * (time.perf_counter() - start))
+                rows.append(exp.elbo.num_model_evaluations - evals0 - 1)
+            for p in pyro.get_param_store().values():
+                p.unconstrained().grad = None
+            return statistics.median(rows), statistics.median(times), dict(exp.elbo.distinct_actions["z"])
+        finally:
+            arsm._separable = separable
+
+    for step in checkpoints:
+        exp.train(step, progress=False)
+        rows_p, ms_p, counts = measure(True)
+        rows_a, ms_a, _ = measure(False)
+        print("| {} | {:.1f} / {} | {:.0f}, {:.0f} | {:.0f}, {:.0f} |".format(
+            step, counts["mean"], counts["max"], rows_p, ms_p, rows_a, ms_a), flush=True)
+
+
 def main(args):
     torch.set_num_threads(args.threads)
     if args._cost:
@@ -151,6 +202,8 @@ def main(args):
         cost_table(args)
     if "loo" in args.parts:
         loo_table(args)
+    if "vae" in args.parts:
+        vae_table(args)
 
 
 if __name__ == "__main__":
@@ -159,8 +212,10 @@ if __name__ == "__main__":
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--parts", nargs="+", default=["cost", "loo"], choices=["cost", "loo"],
-                        help="which tables")
+    parser.add_argument("--parts", nargs="+", default=["cost", "loo", "vae"],
+                        choices=["cost", "loo", "vae"], help="which tables")
+    parser.add_argument("--vae-steps", type=int, default=2000,
+                        help="ARSM training steps on the categorical VAE (table 3)")
     parser.add_argument("--categories", type=int, nargs="+", default=[10, 50, 200, 1000],
                         help="C for the cost table")
     parser.add_argument("--max-unpacked", type=int, default=200,
