@@ -9,6 +9,9 @@ then one Markdown table reports, per estimator:
   ``elbo.num_model_evaluations``; Pyro's ``Trace_ELBO(S)`` / ``TraceGraph_ELBO(S)`` use S);
 - **train ELBO**: the mean of the last 1000 steps' single-sample ELBO estimates per image (the
   last quarter of the steps if fewer than 4000 ran);
+- **train ELBO @ equal evals**: the same mean over each estimator's first ``t`` steps, where
+  ``t`` steps cost as many model evaluations as ``--num-steps`` steps of the cheapest estimator
+  in the table (ELBO per model evaluation; ``t`` in parentheses);
 - **test bound**: the ``--iw-samples``-sample importance-weighted bound on the first
   ``--eval-size`` test images (binarized with a fixed seed), nats per image;
 - **log10 Var @ step t**: the gradient variance of the encoder parameters at the parameters of
@@ -37,6 +40,8 @@ Examples::
     python -m benchmarks.estimators
     python -m benchmarks.estimators --estimators rloo disarm relax --num-steps 5000 --seeds 0 1 2
     python -m benchmarks.estimators --model categorical_vae --num-steps 500
+    python -m benchmarks.estimators --model categorical_vae --estimators rloo arsm arsm+ \
+        disarm-iw disarm-sb disarm-tree --num-pairs 2
 """
 
 import argparse
@@ -98,6 +103,8 @@ def estimator_args(args, estimator, seed):
             argv += ["--" + option.replace("_", "-"), str(value)]
     if estimator in PARTICLE_ESTIMATORS:
         argv += ["--num-particles", str(args.num_particles)]
+    if estimator in vae_common.COUPLED and args.num_pairs is not None:
+        argv += ["--num-pairs", str(args.num_pairs)]
     argv += args.model_args
     parsed = module.make_parser().parse_args(argv)
     if hasattr(module, "apply_protocol"):
@@ -137,6 +144,9 @@ def _label(estimator, elbo):
     name = type(elbo).__name__
     if estimator in ("arm", "disarm"):
         return f"{name}(bernoulli='{estimator}')"
+    if estimator in vae_common.ARSM_CATEGORICAL:
+        pairs = f", num_pairs={elbo.num_pairs}" if elbo.num_pairs > 1 else ""
+        return f"{name}(categorical='{estimator}'{pairs})"
     if estimator in vae_common.PARTICLES:
         name = f"{name}({elbo.num_particles})"
     return name + (" + straight-through guide" if estimator == "st" else "")
@@ -153,8 +163,11 @@ def train_run(args, estimator, seed, data, checkpoints=()):
     experiment = vae_common.Experiment(args.model, module.build, run_args, data, num_particles,
                                        temperature)
     snapshots = {}
+    values = []  # every step's train ELBO estimate
 
     def callback(exp):
+        if exp.step == len(values) + 1:
+            values.append(exp.window[-1])
         if exp.step in checkpoints and exp.step not in snapshots:
             if exp.step == 0:
                 _initialize_params(exp)
@@ -167,6 +180,7 @@ def train_run(args, estimator, seed, data, checkpoints=()):
         "elbo": _label(estimator, experiment.elbo),
         "evals": metrics["model_evaluations_per_step"],
         "train_elbo": _tail_mean(experiment.window, args.num_steps),
+        "step_elbos": values,
         "test_bound": metrics["test_iw_bound"],
         "ms": metrics["ms_per_step"],
     }
@@ -258,10 +272,24 @@ def _cell(values, spec, num_seeds):
     return f"{mean:{spec}}" if num_seeds == 1 else f"{mean:{spec}} ± {sd:{spec}}"
 
 
+def equal_evaluations(rows, num_steps):
+    """Adds ``train_elbo_equal_evals`` to each row (and drops its ``step_elbos``): the train
+    ELBO (tail mean, as ``train_elbo``) over the first ``t`` steps, where ``t`` steps cost the
+    model evaluations that ``num_steps`` steps of the cheapest estimator cost."""
+    budget = num_steps * min(row["evals"] for row in rows.values())
+    for row in rows.values():
+        values = row.pop("step_elbos")
+        t = max(1, min(len(values), int(round(budget / row["evals"]))))
+        row["equal_evals_steps"] = t
+        row["train_elbo_equal_evals"] = _tail_mean(values[:t], t)
+    return budget
+
+
 def make_table(rows_by_seed, estimators, checkpoints, num_seeds):
     """The Markdown table: one row per estimator, cells ``mean ± sd`` over the seeds."""
     extra = [k for k in ("test_accuracy",) if k in rows_by_seed[0][estimators[0]]]
-    head = ["estimator", "ELBO", "evals/step", "train ELBO", "test bound"]
+    head = ["estimator", "ELBO", "evals/step", "train ELBO", "test bound",
+            "train ELBO @ equal evals (steps)"]
     head += [f"log10 Var @{c}" for c in checkpoints] + ["ms/step", "vs trace"]
     head += ["test accuracy" for _ in extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -274,6 +302,8 @@ def make_table(rows_by_seed, estimators, checkpoints, num_seeds):
             _cell([r["evals"] for r in runs], ".1f", num_seeds),
             _cell([r["train_elbo"] for r in runs], ".2f", num_seeds),
             _cell([r["test_bound"] for r in runs], ".2f", num_seeds),
+            _cell([r["train_elbo_equal_evals"] for r in runs], ".2f", num_seeds)
+            + " ({})".format(runs[0]["equal_evals_steps"]),
         ]
         cells += [_cell([r["log10_var"].get(c) for r in runs], ".2f", num_seeds)
                   for c in checkpoints]
@@ -326,6 +356,9 @@ def main(args):
         f"draws on one batch of {probe.batch_size}, at the {args.reference} run's parameters "
         f"after {', '.join(map(str, checkpoints))} steps ({args.warmup_draws} discarded draws "
         f"first; rebar/relax: control variate trained {args.cv_steps} steps first)",
+        "# train ELBO @ equal evals: the train ELBO (same tail mean) over the steps that cost "
+        "as many model evaluations as --num-steps steps of the cheapest estimator (its steps "
+        "in parentheses, first seed)",
         f"# ms/step: training, first step excluded; 'vs trace' = ratio to Trace_ELBO"
         f"({args.num_particles}) (trace with the {args.num_particles} particles of the "
         f"{args.reference} reference) in the same run",
@@ -341,6 +374,9 @@ def main(args):
             rows[e] = row
             print(f"# seed {seed} {e}: train ELBO {row['train_elbo']:.2f}, test bound "
                   f"{row['test_bound']:.2f}, {row['ms']:.1f} ms/step", flush=True)
+        budget = equal_evaluations(rows, args.num_steps)
+        print(f"# seed {seed}: equal evaluations: {budget:.0f} model evaluations per estimator",
+              flush=True)
         for e in estimators:
             rows[e]["log10_var"] = gradient_variance(args, e, seed, data, snapshots)
             print(f"# seed {seed} {e}: log10 Var " + ", ".join(
@@ -378,6 +414,9 @@ def make_parser():
                         help="seeds; the table shows mean ± sd over them")
     parser.add_argument("--num-particles", type=int, default=2,
                         help="particles of trace, tracegraph, rloo and vargrad (st and enum: 1)")
+    parser.add_argument("--num-pairs", type=int, default=None,
+                        help="antithetic pairs of disarm-iw, disarm-sb, disarm-tree (default: "
+                        "the model's, 1)")
     parser.add_argument("--reference", default="rloo",
                         help="the estimator whose run gives the checkpoints of the gradient "
                         "variance")

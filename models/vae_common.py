@@ -7,29 +7,43 @@ binarized images with a fixed seed) and the files written to ``--out``.
 
 Estimators (``--estimator``), each applied to the guide's discrete sites:
 
-=============  ==========================================================================
-``trace``      :class:`pyro.infer.Trace_ELBO`: plain REINFORCE (``--num-particles`` S, 1)
-``tracegraph`` :class:`pyro.infer.TraceGraph_ELBO` with the decaying-average baseline
-               ``infer={"baseline": {"use_decaying_avg_baseline": True}}`` on the discrete
-               guide sites (set only for this estimator)
-``rloo``       :class:`~pyro_relax.infer.ReinforceLOO_ELBO` (S >= 2, default 2)
-``vargrad``    :class:`~pyro_relax.infer.VarGrad_ELBO` (S >= 2, default 2)
-``arm``        :class:`~pyro_relax.infer.ARSM_ELBO` ``(bernoulli="arm")``: Bernoulli latents
-``disarm``     :class:`~pyro_relax.infer.ARSM_ELBO` ``(bernoulli="disarm")``: Bernoulli latents
-``arsm``       :class:`~pyro_relax.infer.ARSM_ELBO`: categorical latents
-``rebar``      :class:`~pyro_relax.infer.REBAR_ELBO`
-``relax``      :class:`~pyro_relax.infer.RELAX_ELBO` with its default control-variate network
-``st``         the biased straight-through Gumbel baseline: the guide samples Pyro's
-               :class:`~pyro.distributions.RelaxedBernoulliStraightThrough` /
-               :class:`~pyro.distributions.RelaxedOneHotCategoricalStraightThrough`
-               (``--temperature``, default 1) and :class:`pyro.infer.Trace_ELBO` trains it;
-               the model's prior scores the quantized (hard) value
-``enum``       :class:`pyro.infer.TraceEnum_ELBO` with the discrete site enumerated
-               (``config_enumerate``, ``max_plate_nesting=1``): ``ss_vae`` only
-=============  ==========================================================================
+=================  ==========================================================================
+``trace``          :class:`pyro.infer.Trace_ELBO`: plain REINFORCE (``--num-particles`` S, 1)
+``tracegraph``     :class:`pyro.infer.TraceGraph_ELBO` with the decaying-average baseline
+                   ``infer={"baseline": {"use_decaying_avg_baseline": True}}`` on the discrete
+                   guide sites (set only for this estimator)
+``rloo``           :class:`~pyro_relax.infer.ReinforceLOO_ELBO` (S >= 2, default 2)
+``vargrad``        :class:`~pyro_relax.infer.VarGrad_ELBO` (S >= 2, default 2)
+``arm``            :class:`~pyro_relax.infer.ARSM_ELBO` ``(bernoulli="arm")``: Bernoulli latents
+``disarm``         :class:`~pyro_relax.infer.ARSM_ELBO` ``(bernoulli="disarm")``: Bernoulli latents
+``arsm``           :class:`~pyro_relax.infer.ARSM_ELBO` (``categorical="arsm"``, the default):
+                   categorical latents, all swaps (1 + the distinct swap pseudo actions)
+``ar``             ``ARSM_ELBO(categorical="ar")``: AR, no extra evaluation
+``ars``            ``ARSM_ELBO(categorical="ars")``: one random reference (at most C - 1
+                   extra evaluations per latent)
+``ars+``           ``ARSM_ELBO(categorical="ars+")``: ARS, Rao-Blackwellized
+``arsm+``          ``ARSM_ELBO(categorical="arsm+")``: ARSM, Rao-Blackwellized
+``disarm-iw``      ``ARSM_ELBO(categorical="disarm-iw", num_pairs=M)``: coupled (Dong,
+                   Mnih & Tucker 2021), importance-weighted stick-breaking; ``--num-pairs``
+                   M antithetic pairs (default 1): 2M samples, 2M - 1 extra evaluations
+``disarm-sb``      ``ARSM_ELBO(categorical="disarm-sb", num_pairs=M)``: DisARM on the
+                   stick-breaking tree's binary decisions
+``disarm-tree``    ``ARSM_ELBO(categorical="disarm-tree", num_pairs=M)``: DisARM on a
+                   balanced binary tree
+``rebar``          :class:`~pyro_relax.infer.REBAR_ELBO`
+``relax``          :class:`~pyro_relax.infer.RELAX_ELBO` with its default control-variate network
+``st``             the biased straight-through Gumbel baseline: the guide samples Pyro's
+                   :class:`~pyro.distributions.RelaxedBernoulliStraightThrough` /
+                   :class:`~pyro.distributions.RelaxedOneHotCategoricalStraightThrough`
+                   (``--temperature``, default 1) and :class:`pyro.infer.Trace_ELBO` trains it;
+                   the model's prior scores the quantized (hard) value
+``enum``           :class:`pyro.infer.TraceEnum_ELBO` with the discrete site enumerated
+                   (``config_enumerate``, ``max_plate_nesting=1``): ``ss_vae`` only
+=================  ==========================================================================
 
 Every ELBO is built with ``max_plate_nesting=1`` and, with S > 1 particles,
-``vectorize_particles=True``.
+``vectorize_particles=True``. The ARM family (``ar`` ... ``arsm+``) and the coupled estimators
+(``disarm-iw``, ``disarm-sb``, ``disarm-tree``) apply to categorical latents only.
 
 **``st``.** Pyro's straight-through distributions score the *relaxed* sample with the Concrete
 density, while the model's prior (by default, ``--st-prior discrete``, as in Pyro's own
@@ -90,7 +104,9 @@ except ImportError:  # pragma: no cover - tqdm is optional
 
 __all__ = [
     "BERNOULLI_ESTIMATORS",
+    "ARSM_CATEGORICAL",
     "CATEGORICAL_ESTIMATORS",
+    "COUPLED",
     "ESTIMATORS",
     "DiscreteVAE",
     "Experiment",
@@ -110,7 +126,19 @@ ESTIMATORS = collections.OrderedDict(
     vargrad="VarGrad_ELBO",
     arm="ARSM_ELBO(bernoulli='arm')",
     disarm="ARSM_ELBO(bernoulli='disarm')",
-    arsm="ARSM_ELBO (categorical)",
+    ar="ARSM_ELBO(categorical='ar') (AR, no extra evaluation)",
+    ars="ARSM_ELBO(categorical='ars') (ARS, one random reference)",
+    arsm="ARSM_ELBO (categorical: ARSM, all swaps)",
+    **{
+        "ars+": "ARSM_ELBO(categorical='ars+') (ARS, Rao-Blackwellized)",
+        "arsm+": "ARSM_ELBO(categorical='arsm+') (ARSM, Rao-Blackwellized)",
+        "disarm-iw": "ARSM_ELBO(categorical='disarm-iw') (coupled, importance-weighted; "
+        "--num-pairs)",
+        "disarm-sb": "ARSM_ELBO(categorical='disarm-sb') (coupled, DisARM on the "
+        "stick-breaking tree; --num-pairs)",
+        "disarm-tree": "ARSM_ELBO(categorical='disarm-tree') (coupled, DisARM on a balanced "
+        "tree; --num-pairs)",
+    },
     rebar="REBAR_ELBO",
     relax="RELAX_ELBO",
     st="straight-through Gumbel + Trace_ELBO (biased)",
@@ -119,8 +147,14 @@ ESTIMATORS = collections.OrderedDict(
 BERNOULLI_ESTIMATORS = (
     "trace", "tracegraph", "rloo", "vargrad", "arm", "disarm", "rebar", "relax", "st",
 )
+#: the ARM family and the coupled estimators, built as ``ARSM_ELBO(categorical=NAME)``
+ARSM_CATEGORICAL = (
+    "ar", "ars", "arsm", "ars+", "arsm+", "disarm-iw", "disarm-sb", "disarm-tree",
+)
+#: the coupled estimators, which take ``--num-pairs``
+COUPLED = ("disarm-iw", "disarm-sb", "disarm-tree")
 CATEGORICAL_ESTIMATORS = (
-    "trace", "tracegraph", "rloo", "vargrad", "arsm", "rebar", "relax", "st",
+    "trace", "tracegraph", "rloo", "vargrad", *ARSM_CATEGORICAL, "rebar", "relax", "st",
 )
 #: the estimators that take ``--num-particles``, and their default
 PARTICLES = {"trace": 1, "tracegraph": 1, "rloo": 2, "vargrad": 2, "st": 1, "enum": 1}
@@ -274,8 +308,9 @@ class DiscreteVAE(torch.nn.Module):
 
 
 # ------------------------------------------------------------------ estimators and optimizer
-def make_elbo(estimator, num_particles=None, temperature=None):
-    """The ELBO of ``estimator`` (see the module docstring), with ``max_plate_nesting=1``."""
+def make_elbo(estimator, num_particles=None, temperature=None, num_pairs=None):
+    """The ELBO of ``estimator`` (see the module docstring), with ``max_plate_nesting=1``;
+    ``num_pairs`` (default 1) applies to the coupled estimators only."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     S = PARTICLES.get(estimator, 1) if num_particles is None else num_particles
@@ -292,8 +327,9 @@ def make_elbo(estimator, num_particles=None, temperature=None):
         return VarGrad_ELBO(**vec)
     if estimator in ("arm", "disarm"):
         return ARSM_ELBO(bernoulli=estimator, max_plate_nesting=1)
-    if estimator == "arsm":
-        return ARSM_ELBO(max_plate_nesting=1)
+    if estimator in ARSM_CATEGORICAL:
+        pairs = {"num_pairs": num_pairs or 1} if estimator in COUPLED else {}
+        return ARSM_ELBO(categorical=estimator, max_plate_nesting=1, **pairs)
     temperature = TEMPERATURES[estimator] if temperature is None else temperature
     cls = REBAR_ELBO if estimator == "rebar" else RELAX_ELBO
     return cls(max_plate_nesting=1, temperature=temperature)
@@ -440,8 +476,13 @@ def add_arguments(parser, estimators, defaults):
     parser.add_argument("--num-particles", type=int, default=None,
                         help="particles per step for trace, tracegraph, st, enum (default: 1) "
                         "and rloo, vargrad (default: 2); an error for the other estimators, "
-                        "whose cost is fixed (arm/disarm: 2 model evaluations, arsm: 1 + the "
-                        "distinct swaps, rebar/relax: 3 per discrete site)")
+                        "whose cost is fixed (arm/disarm: 2 model evaluations, ar: 1, "
+                        "ars/ars+/arsm/arsm+: 1 + the distinct swaps, disarm-iw/-sb/-tree: "
+                        "2 x --num-pairs, rebar/relax: 3 per discrete site)")
+    parser.add_argument("--num-pairs", type=int, default=None,
+                        help="antithetic pairs per categorical site for disarm-iw, disarm-sb, "
+                        "disarm-tree (default: 1): 2M samples, 2M - 1 extra model evaluations "
+                        "(fewer when samples coincide); an error for the other estimators")
     parser.add_argument("--temperature", type=float, default=None,
                         help="st: the Gumbel-softmax temperature (default: 1.0); rebar/relax: "
                         "the initial relaxation temperature, then learned (default: 0.5); an "
@@ -514,6 +555,16 @@ def check_estimator_options(args, name, estimators):
             )
         if not args.temperature > 0:
             raise SystemExit(f"error: --temperature must be positive, got {args.temperature}")
+    num_pairs = getattr(args, "num_pairs", None)
+    if num_pairs is not None:
+        if args.estimator not in COUPLED:
+            raise SystemExit(
+                f"error: --num-pairs applies to "
+                f"{', '.join(e for e in estimators if e in COUPLED) or 'no estimator of this model'}"
+                f", not to --estimator {args.estimator}"
+            )
+        if num_pairs < 1:
+            raise SystemExit(f"error: --num-pairs must be >= 1, got {num_pairs}")
     if args.st_prior != "discrete" and args.estimator != "st":
         raise SystemExit(f"error: --st-prior applies to --estimator st, not {args.estimator}")
     if args.resume and not args.out:
@@ -549,7 +600,8 @@ class Experiment:
         pyro.clear_param_store()
         self.vae = build(args, data).to(data.train.device)
         self.vae.configure(args.estimator, num_particles, temperature, args.st_prior)
-        self.elbo = make_elbo(args.estimator, num_particles, temperature)
+        self.elbo = make_elbo(args.estimator, num_particles, temperature,
+                              getattr(args, "num_pairs", None))
         self.optim = make_optimizer(args.learning_rate, args.cv_learning_rate, self.vae.sgd_params)
         self.svis = self.vae.make_svis(self.elbo, self.optim)
         self.step = 0
@@ -745,6 +797,8 @@ def run(args, name, build, estimators, describe=""):
         experiment.load(args.out)
         print(f"# resuming {os.path.abspath(args.out)} at step {experiment.step}", flush=True)
     particles = f" particles={num_particles}" if args.estimator in PARTICLES else ""
+    if args.estimator in COUPLED:
+        particles = f" num_pairs={getattr(args, 'num_pairs', None) or 1}"
     temp = f" temperature={temperature}" if temperature is not None else ""
     if args.estimator == "st":
         temp += f" st_prior={args.st_prior}"

@@ -73,3 +73,44 @@ def test_default_problems_are_the_quick_toys():
     assert args.problems == ["bernoulli", "categorical"] and set(results) == {"exact", "arsm"}
     with pytest.raises(SystemExit, match="unknown problem"):
         toys.main(toys.make_parser().parse_args(["relaxed"]))
+
+
+def test_family_runs_prints_its_table_and_writes_its_figure(tmp_path, capsys):
+    """The ``family`` problem, tiny: every estimator's row (rloo:auto expanded to the rounded
+    evaluation counts of the others), the ARSM+ / ARSM line and the figure."""
+    args = toys.make_parser().parse_args(
+        ["family", "--num-steps", "12", "--record-every", "4", "--family-draws", "12",
+         "--family-categories", "5", "--seeds", "0", "1", "--out", str(tmp_path)]
+    )
+    result = toys.main(args)["family"]
+    out = capsys.readouterr().out
+    assert (tmp_path / "categorical_family.png").stat().st_size > 10000
+    assert (tmp_path / "categorical_family.json").stat().st_size > 0
+    lines = result["table"].splitlines()
+    assert lines[0].startswith("| C | estimator | ELBO | evals/step | Σ Var at φ = 0 |")
+    assert result["table"] in out and "ARSM+ vs ARSM at phi = 0" in out
+    labels = [line.split(" | ")[1] for line in lines[2:]]
+    assert labels[:11] == [
+        "exact gradient ascent", "AR", "ARS", "ARSM", "ARS+", "ARSM+", "DisARM-IW", "DisARM-SB",
+        "DisARM-Tree", "DisARM-Tree (m=4)", "REINFORCE"]
+    rows = {row["label"]: row for row in result["rows"][5]}
+    assert rows["AR"]["evals"] == 1.0 and rows["ARSM"]["evals"] == 5.0  # 1 + C - 1 swaps at phi = 0
+    assert rows["DisARM-IW"]["evals"] == 2.0 and rows["REINFORCE"]["evals"] == 1
+    rloo = [label for label in labels if label.startswith("RLOO")]
+    assert "RLOO (S=2)" in rloo and "RLOO (S=5)" in rloo, rloo  # DisARM's 2, ARSM's 5
+    for row in result["rows"][5]:
+        assert len(row["p"]) == 2 and len(row["p"][0]) == 1 + 3  # step 0 and every 4 steps
+        assert all(0.0 < p < 1.0 for run in row["p"] for p in run)
+    assert rows["exact gradient ascent"]["var_sum"] == 0.0
+    assert rows["ARSM"]["var_sum"] < rows["AR"]["var_sum"]
+
+
+def test_family_estimator_names():
+    assert toys.family_spec("disarm-tree:3")["code"] == (
+        "ARSM_ELBO(categorical='disarm-tree', num_pairs=3)")
+    assert toys.family_spec("rloo:7")["make"]().num_particles == 7
+    for bad in ("arsm:2", "rloo:1", "disarm-iw:0", "loo"):
+        with pytest.raises(ValueError, match="unknown family estimator"):
+            toys.family_spec(bad)
+    with pytest.raises(SystemExit):
+        toys.make_parser().parse_args(["family", "--family-estimators", "arsm:2"])

@@ -44,6 +44,9 @@ CLASSES = {
 #: (model, estimator, extra options): every estimator that applies, and st with a relaxed prior
 PAIRS = [(name, estimator, []) for name in MODULES for estimator in CLASSES[name].estimators]
 PAIRS += [(name, "st", ["--st-prior", "relaxed"]) for name in MODULES]
+#: the coupled categorical estimators with two antithetic pairs
+PAIRS += [(name, e, ["--num-pairs", "2"]) for name in ("categorical_vae", "ss_vae")
+          for e in vae_common.COUPLED]
 STEPS = 60
 
 
@@ -149,6 +152,30 @@ def test_model_evaluations_per_step(digits_dir):
     assert 2.0 <= got["disarm"] < 2.5 and 3.0 <= got["relax"] < 3.5, got
 
 
+def test_categorical_estimators_are_selectable_with_their_evaluations(digits_dir):
+    """The ARM family and the coupled estimators of ARSM_ELBO(categorical=...) in the
+    categorical VAE: each is the ELBO it names, and costs what its docstring says."""
+    assert set(vae_common.ARSM_CATEGORICAL) <= set(categorical_vae.CategoricalVAE.estimators)
+    assert set(vae_common.ARSM_CATEGORICAL) <= set(ss_vae.SSVAE.estimators)
+    assert not set(vae_common.ARSM_CATEGORICAL) & set(bernoulli_vae.BernoulliVAE.estimators)
+    for e in vae_common.ARSM_CATEGORICAL:
+        elbo = vae_common.make_elbo(e, num_pairs=3 if e in vae_common.COUPLED else None)
+        assert (elbo.categorical, elbo.num_pairs, elbo.max_plate_nesting) == (
+            e, 3 if e in vae_common.COUPLED else 1, 1)
+    got = {}
+    for e, extra in [("ar", []), ("disarm-iw", []), ("disarm-tree", ["--num-pairs", "2"]),
+                     ("arsm", [])]:
+        pyro.clear_param_store()
+        got[e] = categorical_vae.main(_args("categorical_vae", digits_dir, "--estimator", e,
+                                            "--num-steps", "3", *extra))
+    evals = {e: m["model_evaluations_per_step"] for e, m in got.items()}
+    # AR: the sample only; DisARM: 2m samples (rows that coincide are scored once, and
+    # pyro_relax may add a row now and then, a check that the program broadcasts); ARSM: 1 +
+    # the distinct swaps of 8 latents of 4 classes in one batched run (at most 1 + 8 x 6)
+    assert evals["ar"] < 1.5 and 1.5 < evals["disarm-iw"] < 2.5, evals
+    assert 3.0 < evals["disarm-tree"] < 4.5 and 2.0 < evals["arsm"] <= 49.5, evals
+
+
 def test_protocols_and_per_parameter_optimizer(digits_dir):
     args = _args("bernoulli_vae", digits_dir, "--protocol", "disarm", "--estimator", "rloo",
                  "--num-steps", "2")
@@ -191,10 +218,23 @@ def test_estimator_that_does_not_apply(name, estimator, digits_dir, capsys):
     (["--estimator", "rloo", "--num-particles", "1"], "--num-particles must be >= 2"),
     (["--estimator", "arm", "--temperature", "0.5"], "--temperature applies to"),
     (["--estimator", "rloo", "--resume"], "--resume needs --out"),
+    (["--estimator", "disarm", "--num-pairs", "2"], "--num-pairs applies to no estimator"),
 ])
 def test_options_that_do_not_apply(extra, expected, digits_dir):
     with pytest.raises(SystemExit) as info:
         bernoulli_vae.main(_args("bernoulli_vae", digits_dir, *extra))
+    assert expected in str(info.value.code) and "\n" not in str(info.value.code)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--estimator", "arsm", "--num-pairs", "2"],
+     "--num-pairs applies to disarm-iw, disarm-sb, disarm-tree, not to --estimator arsm"),
+    (["--estimator", "disarm-sb", "--num-pairs", "0"], "--num-pairs must be >= 1"),
+    (["--estimator", "ars+", "--num-particles", "2"], "--num-particles applies to"),
+])
+def test_categorical_options_that_do_not_apply(extra, expected, digits_dir):
+    with pytest.raises(SystemExit) as info:
+        categorical_vae.main(_args("categorical_vae", digits_dir, *extra))
     assert expected in str(info.value.code) and "\n" not in str(info.value.code)
 
 
@@ -289,3 +329,25 @@ def test_estimators_benchmark_table(digits_dir, capsys):
             assert all(np.isfinite(v) for v in row["log10_var"].values()), row
     out = capsys.readouterr().out
     assert "threads=1 device=cpu" in out and "storchastic" in out
+    assert "train ELBO @ equal evals (steps)" in lines[0]
+    # st (1 evaluation per step) is the cheapest: the others at 8 x 1 evaluations
+    assert " (8) |" in rows["st"] and " (4) |" in rows["trace"] and " (4) |" in rows["rloo"]
+
+
+def test_estimators_benchmark_picks_up_the_categorical_estimators(digits_dir):
+    from benchmarks import estimators as bench
+
+    args = bench.make_parser().parse_args([
+        "--data-dir", digits_dir, "--train-size", "1200", "--model", "categorical_vae",
+        "--num-steps", "4", "--estimators", "rloo", "ars+", "arsm+", "disarm-iw", "disarm-tree",
+        "--num-pairs", "2", "--grad-samples", "3", "--warmup-draws", "0", "--eval-size", "20",
+        "--iw-samples", "2", "--latents", "4", "--hidden", "16", "--batch-size", "10",
+        "--no-progress", "--model-args", "--classes", "4",
+    ])
+    result = bench.main(args)
+    rows = {line.split(" | ")[0][2:]: line for line in result["table"].splitlines()[2:]}
+    assert list(rows) == ["rloo", "ars+", "arsm+", "disarm-iw", "disarm-tree"]
+    assert "`ARSM_ELBO(categorical='arsm+')`" in rows["arsm+"]
+    assert "`ARSM_ELBO(categorical='disarm-tree', num_pairs=2)`" in rows["disarm-tree"]
+    for row in result["rows"][0].values():
+        assert np.isfinite(row["train_elbo_equal_evals"]) and row["evals"] >= 1.0, row
