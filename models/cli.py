@@ -18,6 +18,7 @@ __all__ = [
     "make_parser",
     "mean_sd",
     "plus_minus",
+    "seed_summary",
 ]
 
 
@@ -107,3 +108,31 @@ def mean_sd(values):
 def plus_minus(mean, sd, spec, num_seeds):
     """``mean ± sd`` with the format ``spec``; ``± 0`` for a single seed."""
     return f"{mean:{spec}} ± {f'{sd:{spec}}' if num_seeds > 1 else '0'}"
+
+
+def seed_summary(runs, keys, columns, first_head, first_cell, seeds):
+    """Prints the Markdown summary of seeded runs, one row per setting, ``mean ± sd`` cells.
+
+    :param list runs: one list of row dicts per seed, the rows in the order of ``keys``.
+    :param list keys: the settings (e.g. sizes), one table row each.
+    :param list columns: ``(key, header, format spec)`` per column.
+    :param str first_head: the header of the first column.
+    :param first_cell: a callable turning a setting into its first cell.
+    :param list seeds: the seeds (only their number and names are printed).
+    :returns: ``(means, sds)``, one dict per setting (with ``name: setting`` under the key
+        ``first_head.lower()``).
+    """
+    means, sds = [], []
+    label = first_head.lower()
+    for i, k in enumerate(keys):
+        stats = {key: mean_sd(rows[i][key] for rows in runs) for key, _, _ in columns}
+        means.append({label: k, **{key: m for key, (m, _) in stats.items()}})
+        sds.append({label: k, **{key: sd for key, (_, sd) in stats.items()}})
+    print(f"# summary: mean ± sd over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+          f"({', '.join(map(str, seeds))}), sample standard deviation")
+    print(f"| {first_head} | " + " | ".join(head for _, head, _ in columns) + " |")
+    print("|---" * (1 + len(columns)) + "|")
+    for mean, sd in zip(means, sds):
+        cells = [plus_minus(mean[key], sd[key], spec, len(seeds)) for key, _, spec in columns]
+        print(f"| {first_cell(mean[label])} | " + " | ".join(cells) + " |")
+    return means, sds

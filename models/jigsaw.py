@@ -247,19 +247,8 @@ def main(args):
         f"device={device} threads={args.threads}"
     )
     runs = [run(seed, train_images, test_images, args) for seed in seeds]
-    means, sds = [], []
-    for i, k in enumerate(args.grid):
-        stats = {key: cli.mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
-        means.append(dict(grid=k, **{key: m for key, (m, _) in stats.items()}))
-        sds.append(dict(grid=k, **{key: sd for key, (_, sd) in stats.items()}))
+    means, sds = cli.seed_summary(runs, args.grid, COLUMNS, "grid", lambda k: f"{k}x{k}", seeds)
     seconds = time.perf_counter() - start
-    print(f"# summary: mean ± sd over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-          f"({', '.join(map(str, seeds))}), sample standard deviation")
-    print("| grid | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
-    print("|---" * (1 + len(COLUMNS)) + "|")
-    for mean, sd in zip(means, sds):
-        cells = [cli.plus_minus(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
-        print(f"| {mean['grid']}x{mean['grid']} | " + " | ".join(cells) + " |")
     print(f"# total wall time: {seconds:.1f} s", flush=True)
     return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}
 

@@ -196,19 +196,8 @@ def main(args):
         f"threads={args.threads}"
     )
     runs = [run(seed, args, device) for seed in seeds]
-    means, sds = [], []
-    for i, n in enumerate(args.n):
-        stats = {key: cli.mean_sd(rows[i][key] for rows in runs) for key, _, _ in COLUMNS}
-        means.append(dict(n=n, **{key: m for key, (m, _) in stats.items()}))
-        sds.append(dict(n=n, **{key: sd for key, (_, sd) in stats.items()}))
+    means, sds = cli.seed_summary(runs, args.n, COLUMNS, "N", str, seeds)
     seconds = time.perf_counter() - start
-    print(f"# summary: mean ± sd over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-          f"({', '.join(map(str, seeds))}), sample standard deviation")
-    print("| N | " + " | ".join(head for _, head, _ in COLUMNS) + " |")
-    print("|---" * (1 + len(COLUMNS)) + "|")
-    for mean, sd in zip(means, sds):
-        cells = [cli.plus_minus(mean[key], sd[key], spec, len(seeds)) for key, _, spec in COLUMNS]
-        print(f"| {mean['n']} | " + " | ".join(cells) + " |")
     print(f"# total wall time: {seconds:.1f} s", flush=True)
     return {"seeds": seeds, "runs": runs, "mean": means, "sd": sds, "seconds": seconds}
 

@@ -9,6 +9,7 @@ import torch
 
 from models.data import load_fashion_mnist, read_idx
 from models.jigsaw import COLUMNS, main, make_parser, scramble, to_pieces, unscramble
+from tests.common import summary_rows
 
 
 def _write_idx(path, array, compress=True):
@@ -69,26 +70,6 @@ def test_pieces_scramble_unscramble(k):
     assert torch.equal(pieces[:, k + 1], images[:, p : 2 * p, p : 2 * p])
     scrambled, perm = scramble(pieces)
     assert torch.equal(unscramble(perm, scrambled), pieces)
-
-
-PM = re.compile(r"^(-?\d+(?:\.\d+)?) ± (-?\d+(?:\.\d+)?)$")
-
-
-def summary_rows(out):
-    """The Markdown summary table: first cell -> list of (mean, sd, decimals) per column."""
-    lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[1].startswith("|---")
-    rows = {}
-    for line in lines[2:]:
-        first, *cells = [c.strip() for c in line.strip("|").split("|")]
-        parsed = []
-        for cell in cells:
-            match = PM.match(cell)
-            assert match, cell
-            decimals = len(match.group(1).partition(".")[2])
-            parsed.append((float(match.group(1)), float(match.group(2)), decimals))
-        rows[first] = parsed
-    return lines[0], rows
 
 
 def test_seeds_option():

@@ -5,25 +5,7 @@ import pytest
 import torch
 
 from models.sorting import COLUMNS, kendall_tau, main, make_parser
-
-PM = re.compile(r"^(-?\d+(?:\.\d+)?) ± (-?\d+(?:\.\d+)?)$")
-
-
-def summary_rows(out):
-    """The Markdown summary table: first cell -> list of (mean, sd, decimals) per column."""
-    lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[1].startswith("|---")
-    rows = {}
-    for line in lines[2:]:
-        first, *cells = [c.strip() for c in line.strip("|").split("|")]
-        parsed = []
-        for cell in cells:
-            match = PM.match(cell)
-            assert match, cell
-            decimals = len(match.group(1).partition(".")[2])
-            parsed.append((float(match.group(1)), float(match.group(2)), decimals))
-        rows[first] = parsed
-    return lines[0], rows
+from tests.common import summary_rows
 
 
 def test_kendall_tau():
