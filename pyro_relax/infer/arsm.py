@@ -429,14 +429,12 @@ class _CoupledPlan:
         # the sample's own position (as drawn by _from_noise from u), then its twin from 1 - u
         sample = value.argmax(-1) if info.kind == "one_hot" else value
         sample = sample.long().expand(info.logits.shape[:-1]).reshape(N, K)
-        leaves = [self.perm.argsort(-1).gather(-1, sample.unsqueeze(-1)).squeeze(-1)]
-        leaves.append(self.tree.decode(1.0 - u < self.sigma))
-        for _ in range(1, num_pairs):
-            ua = torch.rand_like(u)
-            leaves.append(self.tree.decode(ua < self.sigma))
-            leaves.append(self.tree.decode(1.0 - ua < self.sigma))
-        self.leaves = torch.stack(leaves)  # (n, N, K) sorted positions
-        z = self.perm.unsqueeze(0).expand((len(leaves),) + self.perm.shape)
+        own = self.perm.argsort(-1).gather(-1, sample.unsqueeze(-1)).squeeze(-1)
+        # the other pairs' uniforms as one leading dimension: u_2, 1 - u_2, u_3, 1 - u_3, ...
+        ua = u.new_empty((num_pairs - 1,) + u.shape).uniform_()
+        noises = torch.cat([(1.0 - u).unsqueeze(0), torch.stack([ua, 1.0 - ua], 1).flatten(0, 1)])
+        self.leaves = torch.cat([own.unsqueeze(0), self.tree.decode(noises < self.sigma)])
+        z = self.perm.unsqueeze(0).expand(self.leaves.shape[:1] + self.perm.shape)
         z = z.gather(-1, self.leaves.unsqueeze(-1)).squeeze(-1)  # categories
         self.rows = _to_values(info, z[1:], value)
 

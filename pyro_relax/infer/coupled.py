@@ -159,7 +159,7 @@ def coupled_log_weight(tree, sigma, leaf_a, leaf_b):
     p = torch.where(right, 2.0 * sigma - 1.0, 1.0 - 2.0 * sigma)
     terms = torch.where(common, 2.0 * q.log() - p.clamp(min=torch.finfo(p.dtype).tiny).log(),
                         torch.zeros_like(q))
-    s = sigma.gather(-1, lca.unsqueeze(-1)).squeeze(-1)
+    s = sigma.expand(right.shape).gather(-1, lca.unsqueeze(-1)).squeeze(-1)
     log_w = terms.sum(-1) + parting_weight(s).log()
     return torch.where(leaf_a == leaf_b, torch.full_like(log_w, float("-inf")), log_w)
 
@@ -189,9 +189,10 @@ def iw_gradient(tree, sigma, leaves, f):
     n, N, K = leaves.shape
     diff = _pair_differences(f)
     weight = diff.new_ones(n, n, N, K)
-    for s in range(0, n, 2):
-        w = coupled_log_weight(tree, sigma, leaves[s], leaves[s + 1]).exp()
-        weight[s, s + 1] = weight[s + 1, s] = w
+    first = torch.arange(0, n, 2, device=leaves.device)  # the pairs, as one tensor dimension
+    w = coupled_log_weight(tree, sigma, leaves[0::2], leaves[1::2]).exp()  # (n / 2, N, K)
+    weight[first, first + 1] = w
+    weight[first + 1, first] = w
     A = (diff.unsqueeze(-1) * weight).sum(1)  # (n, N, K)
     onehot = torch.nn.functional.one_hot(leaves, tree.num_categories).to(A.dtype)
     return (onehot * A.unsqueeze(-1)).sum(0) / (n * (n - 1))
@@ -218,11 +219,14 @@ def tree_gradient(tree, sigma, leaves, f):
     diff = _pair_differences(f)
     scores = tree.scores(leaves, sigma)  # (n, N, K, C - 1)
     g = (scores * diff.sum(1).reshape(n, N, 1, 1)).sum(0)
-    for s in range(0, n, 2):
-        _, lca, s_right = tree.split(leaves[s], leaves[s + 1])
-        sig = sigma.gather(-1, lca.unsqueeze(-1)).squeeze(-1)
-        sign = 2.0 * s_right.to(sig.dtype) - 1.0
-        corr = diff[s, s + 1].unsqueeze(-1) * sign * (parting_weight(sig) - 1.0)
-        corr = torch.where(leaves[s] == leaves[s + 1], torch.zeros_like(corr), corr)
-        g = g.scatter_add(-1, lca.unsqueeze(-1), corr.unsqueeze(-1))
+    # the antithetic pairs' corrections, the pairs as one tensor dimension
+    a, b = leaves[0::2], leaves[1::2]  # (n / 2, N, K)
+    first = torch.arange(0, n, 2, device=leaves.device)
+    _, lca, a_right = tree.split(a, b)
+    sig = sigma.expand(a.shape + sigma.shape[-1:]).gather(-1, lca.unsqueeze(-1)).squeeze(-1)
+    sign = 2.0 * a_right.to(sig.dtype) - 1.0
+    corr = diff[first, first + 1].unsqueeze(-1) * sign * (parting_weight(sig) - 1.0)
+    corr = torch.where(a == b, torch.zeros_like(corr), corr)
+    g = g + torch.zeros_like(scores[0::2]).scatter_add(
+        -1, lca.unsqueeze(-1), corr.unsqueeze(-1)).sum(0)
     return g / (n * (n - 1))
