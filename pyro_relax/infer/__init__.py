@@ -1,18 +1,47 @@
-"""Drop-in ELBOs for guides with discrete latent variables."""
+"""Drop-in ELBOs for guides with discrete latent variables, and the core to write more."""
 
+from .alternatives import Alternatives, AlternativesError, ProgramError
+from .arm import ARM, DisARM
 from .arsm import ARSM_ELBO
-from .discrete_elbo import DiscreteELBO, Particle
+from .control_variates import ControlVariateMLP, ControlVariates
+from .coupled_family import DisARM_IW, DisARM_SB, DisARM_Tree
+from .discrete_elbo import DiscreteELBO
+from .particle import Particle
 from .reinforce_loo import ReinforceLOO_ELBO
-from .relax import REBAR_ELBO, RELAX_ELBO, ControlVariateMLP
+from .registry import ESTIMATORS, Estimator, estimators_for, make_elbo
+from .relax import REBAR_ELBO, RELAX_ELBO
+from .site_plan import SitePlan
+from .strategy import SiteStrategy
+from .swap import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from .vargrad import VarGrad_ELBO
 
 __all__ = [
+    "AR",
+    "ARM",
+    "ARS",
+    "ARSM",
+    "ARSMPlus",
     "ARSM_ELBO",
+    "ARSPlus",
+    "Alternatives",
+    "AlternativesError",
     "ControlVariateMLP",
+    "ControlVariates",
+    "DisARM",
+    "DisARM_IW",
+    "DisARM_SB",
+    "DisARM_Tree",
     "DiscreteELBO",
+    "ESTIMATORS",
+    "Estimator",
     "Particle",
+    "ProgramError",
     "REBAR_ELBO",
     "RELAX_ELBO",
     "ReinforceLOO_ELBO",
+    "SitePlan",
+    "SiteStrategy",
     "VarGrad_ELBO",
+    "estimators_for",
+    "make_elbo",
 ]

@@ -175,7 +175,7 @@ def _pair_differences(f):
     return f.unsqueeze(1) - f.unsqueeze(0)
 
 
-def iw_gradient(tree, sigma, leaves, f):
+def iw_gradient(tree, sigma, leaves, f, log_weight=None):
     r"""DisARM-IW: :math:`\frac{1}{n(n-1)} \sum_{s<t} (f_s - f_t)(e_{z_s} - e_{z_t}) W_{st}` with
     :math:`W_{st} = q(z_s) q(z_t) / p(z_s, z_t)` for the antithetic pairs ``(0, 1), (2, 3), ...``
     and 1 for the others; the gradient with respect to the sorted logits.
@@ -184,13 +184,15 @@ def iw_gradient(tree, sigma, leaves, f):
     :param torch.Tensor sigma: :math:`\sigma(\alpha)`, ``(N, K, C - 1)``.
     :param torch.Tensor leaves: the samples' sorted positions, ``(n, N, K)``, ``n`` even.
     :param torch.Tensor f: their learning signals, ``(n, N)``.
+    :param log_weight: the pair's log weight (default :func:`coupled_log_weight`).
     :returns: ``(N, K, C)``.
     """
+    log_weight = coupled_log_weight if log_weight is None else log_weight
     n, N, K = leaves.shape
     diff = _pair_differences(f)
     weight = diff.new_ones(n, n, N, K)
     first = torch.arange(0, n, 2, device=leaves.device)  # the pairs, as one tensor dimension
-    w = coupled_log_weight(tree, sigma, leaves[0::2], leaves[1::2]).exp()  # (n / 2, N, K)
+    w = log_weight(tree, sigma, leaves[0::2], leaves[1::2]).exp()  # (n / 2, N, K)
     weight[first, first + 1] = w
     weight[first + 1, first] = w
     A = (diff.unsqueeze(-1) * weight).sum(1)  # (n, N, K)
@@ -198,7 +200,7 @@ def iw_gradient(tree, sigma, leaves, f):
     return (onehot * A.unsqueeze(-1)).sum(0) / (n * (n - 1))
 
 
-def tree_gradient(tree, sigma, leaves, f):
+def tree_gradient(tree, sigma, leaves, f, parting=None):
     r"""DisARM-SB / DisARM-Tree: :math:`\frac{1}{n(n-1)} \sum_{s<t} (f_s - f_t)(S_s - S_t) \odot
     W_{st}` with :math:`S` the score in :math:`\alpha` (:meth:`CategoricalTree.scores`) and, for
     the antithetic pairs ``(0, 1), (2, 3), ...``, :math:`W_v = \sigma(|\alpha_v|)` at the node
@@ -213,8 +215,11 @@ def tree_gradient(tree, sigma, leaves, f):
     :math:`\tfrac12\Delta f\,(b - \sigma)` on one path and :math:`-\tfrac12\Delta f\,(\tilde b -
     \sigma)` on the other, that is the score difference.
 
+    ``parting``: the weight at the parting node (default :func:`parting_weight`).
+
     :returns: ``(N, K, C - 1)``.
     """
+    parting = parting_weight if parting is None else parting
     n, N, K = leaves.shape
     diff = _pair_differences(f)
     scores = tree.scores(leaves, sigma)  # (n, N, K, C - 1)
@@ -225,7 +230,7 @@ def tree_gradient(tree, sigma, leaves, f):
     _, lca, a_right = tree.split(a, b)
     sig = sigma.expand(a.shape + sigma.shape[-1:]).gather(-1, lca.unsqueeze(-1)).squeeze(-1)
     sign = 2.0 * a_right.to(sig.dtype) - 1.0
-    corr = diff[first, first + 1].unsqueeze(-1) * sign * (parting_weight(sig) - 1.0)
+    corr = diff[first, first + 1].unsqueeze(-1) * sign * (parting(sig) - 1.0)
     corr = torch.where(a == b, torch.zeros_like(corr), corr)
     g = g + torch.zeros_like(scores[0::2]).scatter_add(
         -1, lca.unsqueeze(-1), corr.unsqueeze(-1)).sum(0)

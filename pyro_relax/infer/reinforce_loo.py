@@ -1,7 +1,6 @@
 """REINFORCE with the leave-one-out baseline."""
 
 from .discrete_elbo import DiscreteELBO
-from .util import nonreparam_sites
 
 __all__ = ["ReinforceLOO_ELBO"]
 
@@ -16,10 +15,12 @@ class ReinforceLOO_ELBO(DiscreteELBO):
                  \nabla_\phi \log q_\phi(z_s),
         \qquad f = \log p(x, z) - \log q_\phi(z),
 
-    applied per plate cell (each datapoint's latent gets its own signal and baseline) to every
-    non-reparameterizable guide site, of any distribution (Bernoulli, Categorical, Poisson, ...).
+    applied per plate cell (each datapoint's latent gets its own signal and baseline) to the
+    score-function term of every guide site that has one, of any distribution (Bernoulli,
+    Categorical, Poisson, the score part of a partially reparameterized site, ...).
     Reparameterizable sites keep their pathwise gradient, so a guide with no discrete site gets
-    :class:`~pyro.infer.Trace_ELBO`'s gradient.
+    :class:`~pyro.infer.Trace_ELBO`'s gradient. This is :class:`DiscreteELBO` with no
+    estimator of its own: :meth:`DiscreteELBO.score_function_surrogate` for every site.
 
     Reference: W. Kool, H. van Hoof, M. Welling, "Buy 4 REINFORCE samples, get a baseline for
     free!", ICLR Deep RL Meets Structured Prediction workshop, 2019.
@@ -30,9 +31,3 @@ class ReinforceLOO_ELBO(DiscreteELBO):
     """
 
     min_particles = 2
-
-    def _surrogate_elbo(self, particles, model, guide, args, kwargs):
-        surrogate = sum(self._pathwise_surrogate(p) for p in particles)
-        names = list(dict.fromkeys(n for p in particles for n in nonreparam_sites(p.guide_trace)))
-        surrogate = surrogate + self._leave_one_out_surrogate(particles, names, "score")
-        return surrogate / self.num_particles

@@ -8,11 +8,12 @@ sample), that site must be drawn again from its new conditional. This module doe
 asking whether the dependence exists: every guide site after the first substituted site is
 redrawn with common random numbers (the estimator's own noise for discrete sites, the same
 standard normal for a Normal site), which returns the sample itself where the distribution did
-not change. The program is run once with all rows batched over a new leftmost plate, or once per
-row when the program does not broadcast over that plate.
-"""
+not change. :class:`~pyro_relax.infer.alternatives.Alternatives` decides how the rows are run
+(batched over a new leftmost plate, or one at a time).
 
-import logging
+Effect-style guides (:class:`~pyro.poutine.guide.GuideMessenger`) run the model themselves:
+they are run again whole, the rows substituted as their sites are sampled.
+"""
 
 import pyro
 import pyro.poutine as poutine
@@ -22,24 +23,17 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import Normal
 
-from .util import base_distribution, learning_signals, left_pad
+from .particle import is_guide_messenger, with_minibatch
+from .util import base_distribution, left_pad
 
-__all__ = [
-    "RowPlan",
-    "common_random_redraw",
-    "guide_rerun_needed",
-    "run_rows",
-    "site_log_prob",
-    "subsample_trace",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ROWS_PLATE", "RowPlan", "common_random_redraw", "rerun", "row_totals", "site_log_prob"]
 
 ROWS_PLATE = "_pyro_relax_rows"
 
 
 class RowPlan:
-    """What :func:`run_rows` substitutes, row by row.
+    """What :meth:`Alternatives.run <pyro_relax.infer.alternatives.Alternatives.run>`
+    substitutes, row by row.
 
     Either ``values`` (with ``changed``): row ``r`` sets the sites in ``values`` to
     ``values[name][r]`` where ``changed[name][r]`` (ARM's twin, ARSM's pseudo actions: one site
@@ -69,19 +63,8 @@ class RowPlan:
         the particle's; the row is dropped from the results.
     """
 
-    def __init__(
-        self,
-        num_rows,
-        first,
-        names,
-        values=None,
-        changed=None,
-        choose=None,
-        log_prob=None,
-        redraw=None,
-        sample_row=False,
-        reset=None,
-    ):
+    def __init__(self, num_rows, first, names, values=None, changed=None, choose=None,
+                 log_prob=None, redraw=None, sample_row=False, reset=None):
         if (values is None) == (choose is None):
             raise ValueError("RowPlan: give exactly one of values and choose")
         self.sample_row = sample_row
@@ -94,15 +77,6 @@ class RowPlan:
         self.choose = choose
         self.log_prob = log_prob or {}
         self.redraw = redraw
-
-
-def subsample_trace(trace):
-    """A trace holding only the subsample sites of ``trace`` (to replay a mini-batch)."""
-    out = poutine.Trace()
-    for name, site in trace.nodes.items():
-        if site_is_subsample(site):
-            out.add_node(name, **site)
-    return out
 
 
 def common_random_redraw(fn, site):
@@ -184,7 +158,8 @@ class _Rows:
 
 
 class _Redraw(Messenger):
-    """Sets the values of the re-run guide's latent sites (see :class:`_Rows`)."""
+    """Sets the values of the re-run guide's latent sites (see :class:`_Rows`); records the
+    last site reached (for error messages)."""
 
     def __init__(self, rows, base_trace):
         super().__init__()
@@ -203,34 +178,6 @@ class _Redraw(Messenger):
         msg["done"] = True
 
 
-class _NotBroadcasting(Exception):
-    pass
-
-
-def _check_sample_row(signals, particle, names):
-    """The row holding the sample must score what the particle scored; a program that mixes
-    the rows (a sum over all dims, ``z[0]``) does not, and its rows cannot be trusted."""
-    expected = learning_signals(particle.model_trace, particle.guide_trace, names)
-    with torch._C.DisableTorchFunctionSubclass():  # plain tensor ops, whatever the subclass
-        _compare_sample_row(signals, expected, names)
-
-
-def _compare_sample_row(signals, expected, names):
-    for name in names:
-        got = signals[name][-1].detach()
-        want = expected[name].detach()
-        got, want = torch.broadcast_tensors(got, left_pad(want, got.dim()))
-        scale = want.abs().max().clamp(min=1.0)
-        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(scale)):
-            raise _NotBroadcasting(
-                "evaluated in a batch of alternatives, the sample itself scored a learning "
-                "signal of {} at site '{}' instead of {}: the program mixes the alternatives "
-                "(e.g. a sum or an index over all dims)".format(
-                    got.reshape(-1)[:3].tolist(), name, want.reshape(-1)[:3].tolist()
-                )
-            )
-
-
 class _LastSite(Messenger):
     def __init__(self):
         super().__init__()
@@ -241,50 +188,57 @@ class _LastSite(Messenger):
             self.last_site = msg["name"]
 
 
-def _run_once(particle, plan, positions, rerun_guide, row, rank, tracker):
-    """One run of guide (if needed) and model: all rows batched (``row`` None) or one row."""
+def rerun(particle, plan, positions, rerun_guide, row, rank, tracker):
+    """One run of guide (if needed) and model at the rows of ``plan``: all rows batched over a
+    plate at ``dim=-rank`` (``row`` None) or row ``row`` alone. ``tracker`` receives the
+    messengers that know the last site reached. Returns ``(model_trace, guide_trace)`` with
+    ``log_prob`` at every sample site (``plan.log_prob`` overrides applied)."""
     args, kwargs = particle.args, particle.kwargs
-    batched = row is None
+    values = _Rows(plan, positions, row)
 
     def rows(fn):
-        return pyro.plate(ROWS_PLATE, plan.num_rows, dim=-rank)(fn) if batched else fn
+        return pyro.plate(ROWS_PLATE, plan.num_rows, dim=-rank)(fn) if row is None else fn
 
-    values = _Rows(plan, positions, row)
-    if rerun_guide:
-        redraw = _Redraw(values, particle.replay_trace)
-        tracker["guide"] = redraw
-        guide = poutine.replay(particle.guide, trace=subsample_trace(particle.replay_trace))
-        guide_trace = poutine.trace(redraw(rows(guide))).get_trace(*args, **kwargs)
+    guide = poutine.replay(particle.guide, trace=particle.minibatch)
+    if is_guide_messenger(particle.guide):  # the guide runs the model itself
+        redraw = tracker["guide"] = _Redraw(values, particle.guide_trace)
+        redraw(rows(guide))(*args, **kwargs)
+        model_trace, guide_trace = poutine.unwrap(particle.guide).get_traces()
+        keep = ()
     else:
-        guide_trace = particle.replay_trace.copy()
-        for name in plan.names:
-            site = particle.replay_trace.nodes[name]
-            fn = site["fn"]
-            if batched:
-                batch = (1,) * (rank - 1 - len(fn.batch_shape)) + tuple(fn.batch_shape)
-                fn = fn.expand(torch.Size((plan.num_rows,) + batch))
-            guide_trace.nodes[name] = dict(site, fn=fn, value=values.value(name, fn, site))
-    last = _LastSite()
-    tracker["model"] = last
-    model_trace = poutine.trace(
-        last(poutine.replay(rows(particle.model), trace=guide_trace))
-    ).get_trace(*args, **kwargs)
+        if rerun_guide:
+            redraw = tracker["guide"] = _Redraw(values, particle.guide_trace)
+            guide_trace = poutine.trace(redraw(rows(guide))).get_trace(*args, **kwargs)
+        else:
+            guide_trace = _substituted(particle, plan, values, row, rank)
+        last = tracker["model"] = _LastSite()
+        replayed = with_minibatch(guide_trace, particle.minibatch)
+        model_trace = poutine.trace(
+            last(poutine.replay(rows(particle.model), trace=replayed))
+        ).get_trace(*args, **kwargs)
+        keep = () if rerun_guide else set(guide_trace.nodes) - set(plan.names)
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
-    unchanged = () if rerun_guide else set(guide_trace.nodes) - set(plan.names)
-    _compute_log_probs(guide_trace, plan.log_prob, keep=unchanged)
+    _compute_log_probs(guide_trace, plan.log_prob, keep=keep)
     _compute_log_probs(model_trace, plan.log_prob)
     return model_trace, guide_trace
 
 
-def guide_rerun_needed(first, num_sites):
-    """The guide must run again iff a sample site follows the first substituted one (it may
-    depend on the substituted value, visibly or not); a guide whose substituted sites come
-    last (a VAE encoder) is not run again."""
-    return first < num_sites - 1
+def _substituted(particle, plan, values, row, rank):
+    """The particle's guide trace with the substituted sites set (no guide run: no site
+    follows them)."""
+    guide_trace = particle.guide_trace.copy()
+    for name in plan.names:
+        site = particle.guide_trace.nodes[name]
+        fn = site["fn"]
+        if row is None:
+            batch = (1,) * (rank - 1 - len(fn.batch_shape)) + tuple(fn.batch_shape)
+            fn = fn.expand(torch.Size((plan.num_rows,) + batch))
+        guide_trace.nodes[name] = dict(site, fn=fn, value=values.value(name, fn, site))
+    return guide_trace
 
 
-def _row_totals(model_trace, guide_trace, num_rows, rank):
+def row_totals(model_trace, guide_trace, num_rows, rank):
     """Every ``log p - log q`` term summed, per row: shape ``(R,)`` when the rows are batched
     (``rank`` dims, the rows dim first), a scalar for one row (``num_rows`` None)."""
     total = 0.0
@@ -299,112 +253,3 @@ def _row_totals(model_trace, guide_trace, num_rows, rank):
                 log_p = left_pad(log_p, rank)
                 total = total + sign * log_p.reshape(log_p.shape[0], -1).sum(-1).expand(num_rows)
     return total
-
-
-def run_rows(elbo, particle, plan, grad=False, totals=False):
-    """Scores the rows of ``plan``: re-runs the guide (from the first substituted site on,
-    when any sample site follows it) and the model, and returns, for each site in
-    ``plan.names``, its per-plate-cell learning signal at each row, of shape ``(R,) + cell``.
-
-    Rows run batched over a plate at ``dim=-(max_plate_nesting + 1)`` when
-    ``elbo.vectorize_alternatives`` is True or None (the default: if the program fails to
-    broadcast over that plate, e.g. ``.item()`` or a Python branch on a sampled value, the rows
-    are run one at a time from then on, which any program supports); False runs them one at a
-    time. With True a program that does not broadcast gets a ``ValueError`` naming the site.
-
-    :param elbo: the :class:`~pyro_relax.infer.DiscreteELBO` (``max_plate_nesting`` known).
-    :param particle: the :class:`~pyro_relax.infer.Particle` to re-run.
-    :param RowPlan plan: what to substitute.
-    :param bool grad: keep the autograd graph (RELAX) or not (ARM, ARSM).
-    :param bool totals: also return each row's sum of all terms, shape ``(R,)``.
-    """
-    rank = elbo.max_plate_nesting + 1
-    order = [
-        name
-        for name, site in particle.replay_trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    ]
-    positions = {name: i for i, name in enumerate(order)}
-    rerun_guide = guide_rerun_needed(int(plan.first.min()), len(order))
-    scored = plan.num_rows - (1 if plan.sample_row else 0)  # the check row is not counted
-    elbo.num_model_evaluations += scored * particle.num_particles
-    mode = elbo.vectorize_alternatives
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        if mode is not False and not elbo._rows_one_at_a_time:
-            if plan.reset is not None:
-                plan.reset()
-            tracker = {}
-            try:
-                model_trace, guide_trace = _run_once(
-                    particle, plan, positions, rerun_guide, None, rank, tracker
-                )
-                signals = learning_signals(
-                    model_trace, guide_trace, plan.names, rank=rank, detach=not grad
-                )
-                row_totals = _row_totals(model_trace, guide_trace, plan.num_rows, rank)
-                if plan.sample_row:
-                    _check_sample_row(signals, particle, plan.names)
-                    signals = {name: x[:-1] for name, x in signals.items()}
-                    row_totals = row_totals[:-1]
-                return (signals, row_totals) if totals else signals
-            except Exception as error:  # the program did not broadcast over the rows
-                where = _where(tracker)
-                if isinstance(error, ValueError) and type(error).__name__ == "RelaxationError":
-                    error.where = "(" + where + ")"
-                    raise
-                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                if mode is True:
-                    raise ValueError(
-                        "{}: the program does not broadcast over the alternatives' batch "
-                        "dimension (a plate at dim={}) {}: {}: {}. Write it to broadcast (as "
-                        "for vectorize_particles=True; no .item(), float() or Python branch "
-                        "on a sampled value), or pass vectorize_alternatives=False to score "
-                        "the alternatives one at a time.".format(
-                            type(elbo).__name__, -rank, where, type(error).__name__, message
-                        )
-                    ) from error
-                logger.warning(
-                    "%s: the program does not broadcast over the alternatives' batch "
-                    "dimension (%s: %s: %s); scoring alternatives one at a time from now on "
-                    "(slower; pass vectorize_alternatives=False to skip the batched attempt)",
-                    type(elbo).__name__,
-                    where,
-                    type(error).__name__,
-                    message,
-                )
-                elbo._rows_one_at_a_time = True
-        if plan.reset is not None:
-            plan.reset()
-        signals, row_totals = [], []
-        for row in range(plan.num_rows - (1 if plan.sample_row else 0)):
-            tracker = {}
-            try:
-                model_trace, guide_trace = _run_once(
-                    particle, plan, positions, rerun_guide, row, rank, tracker
-                )
-            except ValueError as error:
-                if type(error).__name__ == "RelaxationError":
-                    error.where = "(" + _where(tracker) + ")"
-                raise
-            signals.append(
-                learning_signals(
-                    model_trace, guide_trace, plan.names, rank=rank - 1, detach=not grad
-                )
-            )
-            if totals:
-                row_totals.append(_row_totals(model_trace, guide_trace, None, rank))
-    out = {}
-    for name in plan.names:
-        values = torch.broadcast_tensors(*[s[name] for s in signals])
-        out[name] = torch.stack(values)
-    if not totals:
-        return out
-    return out, torch.stack([torch.as_tensor(t) for t in row_totals])
-
-
-def _where(tracker):
-    part = "model" if "model" in tracker else "guide"
-    messenger = tracker.get(part)
-    if messenger is None or messenger.last_site is None:
-        return "in the {} before its first sample site".format(part)
-    return "in the {} after site '{}'".format(part, messenger.last_site)

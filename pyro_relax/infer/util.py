@@ -8,18 +8,18 @@ Every helper here is a small, pure function of traces and tensors; the ELBO clas
 from typing import Dict, Iterable, NamedTuple, Optional
 
 import torch
-from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor, get_plate_stacks
 from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 __all__ = [
     "DiscreteSite",
     "base_distribution",
+    "cell_shape",
+    "expand_to_cells",
     "discrete_site_info",
     "leave_one_out_centered",
     "learning_signals",
     "left_pad",
-    "nonreparam_sites",
 ]
 
 
@@ -28,19 +28,6 @@ def left_pad(x: torch.Tensor, rank: int) -> torch.Tensor:
     if x.dim() >= rank:
         return x
     return x.reshape((1,) * (rank - x.dim()) + x.shape)
-
-
-def nonreparam_sites(guide_trace) -> list:
-    """Names of the guide's latent sites whose gradient needs a score-function style estimator,
-    i.e. the sites whose ``score_parts`` have a nonzero score-function term (as in
-    :class:`pyro.infer.Trace_ELBO`)."""
-    return [
-        name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not is_identically_zero(site["score_parts"].score_function)
-    ]
 
 
 def learning_signals(
@@ -152,3 +139,20 @@ def discrete_site_info(name: str, fn) -> Optional[DiscreteSite]:
             "categorical", base.logits.expand(shape + (num_categories,)), fn.event_dim
         )
     return None
+
+
+def cell_shape(info):
+    """The plate cells of a discrete site: the dims of its logits before the event dims (and
+    a categorical's category dim)."""
+    logits = info.logits
+    trailing = info.event_dim + (1 if info.kind == "categorical" else 0)
+    return logits.shape[: logits.dim() - trailing]
+
+
+def expand_to_cells(x, cell, leading=0):
+    """A per-cell tensor (left-padded with singleton dims, ``leading`` dims kept in front)
+    broadcast to ``leading dims + cell``."""
+    head = x.shape[:leading]
+    while x.dim() - leading > len(cell) and x.shape[leading] == 1:
+        x = x.squeeze(leading)
+    return x.expand(head + tuple(cell))

@@ -1,9 +1,12 @@
 """VarGrad: the log-variance loss."""
 
-import pyro.poutine as poutine
 import torch
+from pyro.distributions import Delta
 
 from .discrete_elbo import DiscreteELBO
+from .particle import SiteSampler
+from .surrogates import leave_one_out_surrogate
+from .util import base_distribution
 
 __all__ = ["VarGrad_ELBO"]
 
@@ -20,13 +23,19 @@ class VarGrad_ELBO(DiscreteELBO):
 
     whose gradient :math:`\frac{1}{S-1}\sum_s (f_s - \bar f)\nabla_\phi \log q_\phi(z_s)` is an
     unbiased estimate of :math:`\nabla_\phi \mathrm{KL}(q_\phi \| p)`. It is applied to every guide
-    site, discrete or continuous, per plate cell: a latent inside ``pyro.plate("data", B)`` uses
-    the variance over particles of its own datapoint's (scaled) log-ratio plus the global terms,
-    i.e. the sum over datapoints of per-datapoint log-variance losses. Under subsampling, the
-    unscaled score is used, so that the gradient stays an estimate of the ELBO gradient (the
-    literal gradient of the scaled variance would be multiplied by the scale). Model parameters
-    get the usual ELBO gradient :math:`\frac1S\sum_s \nabla_\theta \log p_\theta(x, z_s)`; the
-    returned loss is the ``-ELBO`` estimate.
+    site with a density, discrete or continuous, per plate cell: a latent inside
+    ``pyro.plate("data", B)`` uses the variance over particles of its own datapoint's (scaled)
+    log-ratio plus the global terms, i.e. the sum over datapoints of per-datapoint log-variance
+    losses. Under subsampling, the unscaled score is used, so that the gradient stays an
+    estimate of the ELBO gradient (the literal gradient of the scaled variance would be
+    multiplied by the scale). Model parameters get the usual ELBO gradient
+    :math:`\frac1S\sum_s \nabla_\theta \log p_\theta(x, z_s)`; the returned loss is the ``-ELBO``
+    estimate.
+
+    **Point masses** (:class:`~pyro.distributions.Delta` sites, as in
+    :class:`~pyro.infer.autoguide.AutoDelta`) have no score: their value and log-density keep
+    their pathwise gradient (the value is a parameter, not a sample), and the sites downstream
+    of them are scored given them.
 
     **Continuous sites get the score form too.** Reparameterizable guide sites do not keep their
     pathwise gradient here: on guides dominated by continuous sites the log-variance score is
@@ -45,31 +54,43 @@ class VarGrad_ELBO(DiscreteELBO):
 
     min_particles = 2
 
-    def _sample_guide(self, guide, args, kwargs):
-        # Draw the samples without a graph, then re-run the guide on them so that log q has
-        # gradients with respect to the guide parameters only (the samples are held fixed).
-        with torch.no_grad():
-            sampled = poutine.trace(guide).get_trace(*args, **kwargs)
-        guide_trace = poutine.trace(poutine.replay(guide, trace=sampled)).get_trace(
-            *args, **kwargs
-        )
-        return guide_trace, {}
+    def sampler(self):
+        # every latent site with a density is drawn without a graph: the samples are held
+        # fixed and log q has gradients with respect to the guide parameters only
+        return SiteSampler(self.sample_site, wants=lambda fn: not _is_point_mass(fn))
 
-    def _surrogate_elbo(self, particles, model, guide, args, kwargs):
+    def sample_site(self, name, fn):
+        with torch.no_grad():
+            return fn.sample(), None
+
+    def surrogate_elbo(self, particles, model, guide, args, kwargs):
         surrogate = 0.0
         for p in particles:
             for site in p.model_trace.nodes.values():
                 if site["type"] == "sample":
                     surrogate = surrogate + site["log_prob_sum"]
-        names = list(
-            dict.fromkeys(
-                name
-                for p in particles
-                for name, site in p.guide_trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            )
-        )
-        surrogate = surrogate + self._leave_one_out_surrogate(
-            particles, names, "unscaled_log_prob"
-        )
+            for site in p.guide_trace.nodes.values():  # a point mass's log-density: pathwise
+                if site["type"] == "sample" and _is_point_mass(site["fn"]):
+                    surrogate = surrogate - site["log_prob_sum"]
+        names = list(dict.fromkeys(
+            name
+            for p in particles
+            for name, site in p.guide_trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not _is_point_mass(site["fn"])
+        ))
+        surrogate = surrogate + leave_one_out_surrogate(
+            particles, names, _log_q_at_fixed_value, self.max_plate_nesting, center=self.center)
         return surrogate / self.num_particles
+
+
+def _is_point_mass(fn):
+    return isinstance(base_distribution(fn), Delta)
+
+
+def _log_q_at_fixed_value(site):
+    """``log q(z)`` (unscaled) as a function of the guide parameters at the fixed sample
+    ``z``: scored at a copy of the value, so that transforms which cached their own sample
+    (flows, Pyro's ``with_cache`` transforms) compute the inverse from the parameters instead
+    of returning the cached, graph-free one."""
+    return site["fn"].log_prob(site["value"].clone(), *site["args"], **site["kwargs"])

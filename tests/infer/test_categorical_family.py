@@ -19,8 +19,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-import pyro_relax.infer.coupled as coupled
-from pyro_relax.infer import ARSM_ELBO
+from pyro_relax.infer import ARS, ARSM_ELBO, ARSMPlus, ARSPlus, DisARM_IW, DisARM_SB, DisARM_Tree
 from pyro_relax.infer.coupled import CategoricalTree, coupled_log_weight, tree_gradient
 from pyro_relax.infer.pseudo_actions import SwapTable
 
@@ -302,63 +301,80 @@ def _peaked_and_flat():
 
 def _assert_detected(option, program, what):
     model, guide, args = program()
-    ok, report = check_unbiased(_elbo(option), model, guide, NUM_SAMPLES, *args)
+    elbo = option if isinstance(option, ARSM_ELBO) else _elbo(option)
+    ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect {}:\n{}".format(what, report)
 
 
-def test_power_ars_divided_by_c(monkeypatch):
-    right = SwapTable.gradient
-
-    def wrong(self, lookup, references=None, rao_blackwellize=False):
+# Each wrong variant is passed in as a piece (a strategy or a table), not patched in.
+class _ARSDividedByC(SwapTable):
+    def gradient(self, lookup, references=None, rao_blackwellize=False):
         # WRONG: one reference's term divided by C (ARSM's normalisation), not by 1.
-        g = right(self, lookup, references, rao_blackwellize)
+        g = super().gradient(lookup, references, rao_blackwellize)
         J = self.num_categories if references is None else len(references)
         return g * J / self.num_categories
 
-    monkeypatch.setattr(SwapTable, "gradient", wrong)
-    _assert_detected("ars", CASES["categorical"], "ARS divided by C")
+
+def test_power_ars_divided_by_c():
+    _assert_detected(ARSM_ELBO(categorical=ARS(swap_table=_ARSDividedByC)), CASES["categorical"],
+                     "ARS divided by C")
 
 
-@pytest.mark.parametrize("option,case", [("ars+", "categorical"), ("arsm+", "one_hot_categorical")])
-def test_power_reference_mean_ignores_the_pseudo_actions(monkeypatch, option, case):
-    def wrong(self, references, actions=None):
+class _ReferenceMeanIgnoringActions(SwapTable):
+    def expected_reference(self, references, actions=None):
         # WRONG: E[pi_j | pi_{-(j,o)}] = (pi_j + pi_o) / 2 without the pseudo actions' bounds.
         pi = self.log_pi.exp()
         C = self.num_categories
         return 0.5 * ((C - 2) * pi[..., references] + pi.sum(-1, keepdim=True)) / (C - 1)
 
-    monkeypatch.setattr(SwapTable, "expected_reference", wrong)
-    _assert_detected(option, CASES[case], "a reference mean ignoring the pseudo actions")
+
+@pytest.mark.parametrize("strategy,case", [(ARSPlus, "categorical"), (ARSMPlus, "one_hot_categorical")])
+def test_power_reference_mean_ignores_the_pseudo_actions(strategy, case):
+    elbo = ARSM_ELBO(categorical=strategy(swap_table=_ReferenceMeanIgnoringActions))
+    _assert_detected(elbo, CASES[case], "a reference mean ignoring the pseudo actions")
 
 
-@pytest.mark.parametrize("option", ["ars+", "arsm+"])
-def test_power_symmetry_step_on_the_wrong_variables(monkeypatch, option):
-    def wrong(actions):
+class _SymmetryStepOnTheWrongVariables(SwapTable):
+    @staticmethod
+    def agreement(actions):
         # WRONG: a cell's variables all dropped when any one of them agrees.
         agree = (actions == actions[:, :1]).all(1)  # (J, N, K)
         return agree.any(-1, keepdim=True).expand_as(agree).permute(1, 2, 0)
 
-    monkeypatch.setattr(SwapTable, "agreement", staticmethod(wrong))
-    _assert_detected(option, _peaked_and_flat, "the symmetry step on the wrong variables")
+
+@pytest.mark.parametrize("strategy", [ARSPlus, ARSMPlus])
+def test_power_symmetry_step_on_the_wrong_variables(strategy):
+    elbo = ARSM_ELBO(categorical=strategy(swap_table=_SymmetryStepOnTheWrongVariables))
+    _assert_detected(elbo, _peaked_and_flat, "the symmetry step on the wrong variables")
 
 
-def test_power_disarm_iw_without_importance_weight(monkeypatch):
-    right = coupled.coupled_log_weight
-
-    def wrong(tree, sigma, leaf_a, leaf_b):
+class _IWWithoutImportanceWeight(DisARM_IW):
+    def log_weight(self, tree, sigma, leaf_a, leaf_b):
         # WRONG: the antithetic pair treated as independent (weight 1).
-        w = right(tree, sigma, leaf_a, leaf_b)
+        w = super().log_weight(tree, sigma, leaf_a, leaf_b)
         return torch.where(torch.isinf(w), w, torch.zeros_like(w))
 
-    monkeypatch.setattr(coupled, "coupled_log_weight", wrong)
-    _assert_detected("disarm-iw", _spread_categorical, "a missing importance weight")
+
+def test_power_disarm_iw_without_importance_weight():
+    _assert_detected(ARSM_ELBO(categorical=_IWWithoutImportanceWeight()), _spread_categorical,
+                     "a missing importance weight")
 
 
-@pytest.mark.parametrize("option", ["disarm-sb", "disarm-tree"])
-def test_power_tree_without_parting_weight(monkeypatch, option):
-    # WRONG: sigma(|alpha|) at the parting node replaced by 1 (leave-one-out on a coupled pair).
-    monkeypatch.setattr(coupled, "parting_weight", lambda sigma: torch.ones_like(sigma))
-    _assert_detected(option, _spread_categorical, "a missing parting weight")
+class _SBWithoutPartingWeight(DisARM_SB):
+    def parting_weight(self, sigma):
+        # WRONG: sigma(|alpha|) at the parting node replaced by 1 (leave-one-out on a pair).
+        return torch.ones_like(sigma)
+
+
+class _TreeWithoutPartingWeight(DisARM_Tree):
+    parting_weight = _SBWithoutPartingWeight.parting_weight
+
+
+@pytest.mark.parametrize("strategy", [_SBWithoutPartingWeight, _TreeWithoutPartingWeight],
+                         ids=["disarm-sb", "disarm-tree"])
+def test_power_tree_without_parting_weight(strategy):
+    _assert_detected(ARSM_ELBO(categorical=strategy()), _spread_categorical,
+                     "a missing parting weight")
 
 
 # ------------------------------------------------------------------ evaluations

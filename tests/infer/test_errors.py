@@ -124,4 +124,4 @@ def test_program_mixing_the_alternatives_falls_back_and_is_unbiased():
     elbo = ARSM_ELBO()
     ok, report = check_unbiased(elbo, model, guide, 600)
     assert ok, report
-    assert elbo._rows_one_at_a_time
+    assert elbo.alternatives.one_at_a_time

@@ -9,8 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-import pyro_relax.infer.arsm as arsm
-from pyro_relax.infer import ARSM_ELBO
+from pyro_relax.infer import ARSM_ELBO, Alternatives
 from pyro_relax.infer.pseudo_actions import SwapTable, pack, unique_rows
 
 from .exact import check_unbiased, param_leaves
@@ -132,13 +131,24 @@ def _grads(elbo, model, guide, seed):
     return {k: p.grad.clone() for k, p in param_leaves().items()}
 
 
-def test_packed_and_unpacked_scoring_give_the_same_gradient(monkeypatch):
+class _Separable(Alternatives):
+    """An engine that takes every site's cells for separable (``True``) or not (``False``)."""
+
+    def __init__(self, separable):
+        super().__init__()
+        self.answer = separable
+
+    def separable(self, particle, name):
+        return self.answer
+
+
+def test_packed_and_unpacked_scoring_give_the_same_gradient():
     model, guide = _plate_categorical(global_after=False)
     elbo = ARSM_ELBO(max_plate_nesting=1)
     _grads(elbo, model, guide, 0)
     packed = [_grads(elbo, model, guide, s) for s in range(1, 6)]
     assert elbo.distinct_actions["z"]["mean"] is not None  # the packed path ran
-    monkeypatch.setattr(arsm, "_separable", lambda particle, name: False)
+    elbo = ARSM_ELBO(max_plate_nesting=1, alternatives=_Separable(False))
     unpacked = [_grads(elbo, model, guide, s) for s in range(1, 6)]
     for a, b in zip(packed, unpacked):
         for k in a:
@@ -154,8 +164,9 @@ def test_cells_not_separable_are_scored_unpacked_and_unbiased():
     assert elbo.distinct_actions["z"]["rows"] > 0
 
 
-def test_power_packing_cells_that_are_not_separable_is_biased(monkeypatch):
-    monkeypatch.setattr(arsm, "_separable", lambda particle, name: True)
+def test_power_packing_cells_that_are_not_separable_is_biased():
+    # WRONG: an engine that takes the cells for separable, so ARSM packs them.
     model, guide = _plate_categorical(global_after=True)
-    ok, report = check_unbiased(ARSM_ELBO(max_plate_nesting=1), model, guide, 600)
+    elbo = ARSM_ELBO(max_plate_nesting=1, alternatives=_Separable(True))
+    ok, report = check_unbiased(elbo, model, guide, 600)
     assert not ok, "packing a non-separable model went undetected:\n" + report

@@ -11,12 +11,12 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 from scipy import stats
 
-import pyro_relax.infer.relax as relax
 from pyro_relax.distributions import (
     RelaxedBernoulliConditioned,
     RelaxedOneHotCategoricalConditioned,
 )
 from pyro_relax.infer import REBAR_ELBO, RELAX_ELBO
+from pyro_relax.infer.relaxation import RebarCoupling
 
 from . import cases
 from .exact import check_unbiased, param_leaves
@@ -101,31 +101,26 @@ def test_unbiased_after_training_the_control_variate(estimator, case):
 
 
 # ------------------------------------------------------------------ power: wrong variants fail
-def _swapped(monkeypatch):
-    # WRONG: c(z) and c(z~) swapped
-    rebar_terms, network_terms = RELAX_ELBO._rebar_terms, RELAX_ELBO._network_terms
+# Each wrong variant is passed in as a piece (a subclass of the estimator, or a coupling).
+def _swapped(cls):
+    class Swapped(cls):
+        def control_variate_terms(self, *args):
+            # WRONG: c(z) and c(z~) swapped
+            c_z, c_zt, grad_c = super().control_variate_terms(*args)
+            return c_zt, c_z, -grad_c
 
-    def rebar(self, p, names, sites):
-        return {k: (v[1], v[0], v[3], v[2]) for k, v in rebar_terms(self, p, names, sites).items()}
-
-    def network(self, *args):
-        return network_terms(self, *args)[::-1]
-
-    monkeypatch.setattr(RELAX_ELBO, "_rebar_terms", rebar)
-    monkeypatch.setattr(RELAX_ELBO, "_network_terms", network)
+    return Swapped, {}
 
 
-def _wrong_class(monkeypatch):
-    # WRONG: z~ drawn conditioned on the other class (1 - b, or the next category)
-    coupling = relax._coupling
+class _WrongClassCoupling(RebarCoupling):
+    def z_tilde(self, kind, alpha, b, v):
+        # WRONG: z~ drawn conditioned on the other class (1 - b, or the next category)
+        other = 1.0 - b if kind == "bernoulli" else b.roll(1, -1)
+        return super().z_tilde(kind, alpha, other, v)
 
-    def wrong(kind):
-        pre, cond = coupling(kind)
-        if kind == "bernoulli":
-            return pre, lambda alpha, b, v: cond(alpha, 1.0 - b, v)
-        return pre, lambda alpha, b, v: cond(alpha, b.roll(1, -1), v)
 
-    monkeypatch.setattr(relax, "_coupling", wrong)
+def _wrong_class(cls):
+    return cls, {"coupling": _WrongClassCoupling()}
 
 
 class _Loud(torch.nn.Module):
@@ -148,13 +143,12 @@ class _Loud(torch.nn.Module):
         ("neural-loud", "categorical"),
     ],
 )
-def test_power_wrong_variants_fail(monkeypatch, wrong, estimator, case):
-    wrong(monkeypatch)
+def test_power_wrong_variants_fail(wrong, estimator, case):
     model, guide, args = cases.ALL[case]()
+    cls, kwargs = wrong(REBAR_ELBO if estimator == "rebar" else RELAX_ELBO)
     if estimator == "neural-loud":
-        elbo = RELAX_ELBO(control_variate=_Loud())
-    else:
-        elbo = ESTIMATORS[estimator]()
+        kwargs["control_variate"] = _Loud()
+    elbo = cls(**kwargs)
     ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect a wrong RELAX variant:\n" + report
 
@@ -221,7 +215,7 @@ def _grads(elbo, model, guide, args, seed):
 
 @pytest.mark.parametrize("estimator", ["relax", "rebar", "neural"])
 @pytest.mark.parametrize("case", ["plate_bernoulli", "two_layer_bernoulli"])
-def test_variance_gradient_reaches_only_the_control_variate(monkeypatch, estimator, case):
+def test_variance_gradient_reaches_only_the_control_variate(estimator, case):
     model, guide, args = cases.ALL[case]()
     elbo = ESTIMATORS[estimator]()
     _grads(elbo, model, guide, args, 0)  # create every parameter
@@ -230,7 +224,7 @@ def test_variance_gradient_reaches_only_the_control_variate(monkeypatch, estimat
     assert own and all(
         with_variance[k] is not None and with_variance[k].abs().sum() > 0 for k in own
     ), {k: with_variance[k] for k in own}
-    monkeypatch.setattr(RELAX_ELBO, "_variance_term", lambda self, variance: 0.0)
+    elbo.variance_term = lambda variance: 0.0  # the same ELBO without its variance term
     without = _grads(elbo, model, guide, args, 1)
     for k, g in with_variance.items():
         if k in own:

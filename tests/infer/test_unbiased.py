@@ -7,9 +7,7 @@ import pytest
 import torch
 
 import pyro.distributions as dist
-import pyro_relax.infer.discrete_elbo as discrete_elbo
-import pyro_relax.infer.substitution as substitution
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import ARSM, ARSM_ELBO, Alternatives, DisARM, ReinforceLOO_ELBO, VarGrad_ELBO
 from pyro_relax.infer.pseudo_actions import SwapTable
 
 from . import cases
@@ -71,58 +69,66 @@ def test_unbiased(estimator, case):
 
 
 # ---------------------------------------------------------------------------------- power
-def _mean_baseline(x, dim=0):
-    # WRONG: the baseline includes the particle's own signal.
-    return x - x.mean(dim, keepdim=True)
+# Each wrong variant is passed in as a piece (a subclass of the estimator, its strategy, table
+# or engine), not patched into the package.
+class _MeanBaselineLOO(ReinforceLOO_ELBO):
+    def center(self, signals):
+        # WRONG: the baseline includes the particle's own signal.
+        return signals - signals.mean(0, keepdim=True)
 
 
 @pytest.mark.parametrize("case", ["plate_bernoulli", "categorical"])
-def test_power_baseline_not_left_out(monkeypatch, case):
-    monkeypatch.setattr(discrete_elbo, "leave_one_out_centered", _mean_baseline)
+def test_power_baseline_not_left_out(case):
     model, guide, args = cases.ALL[case]()
-    ok, report = check_unbiased(ReinforceLOO_ELBO(num_particles=2), model, guide, NUM_SAMPLES, *args)
+    ok, report = check_unbiased(_MeanBaselineLOO(num_particles=2), model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect a biased baseline:\n" + report
 
 
-@pytest.mark.parametrize("case", ["categorical", "one_hot_categorical", "sequential_plate"])
-def test_power_arsm_wrong_reference(monkeypatch, case):
-    right = SwapTable.gradient
-
-    def wrong(self, lookup, references=None):
+class _WrongReferenceTable(SwapTable):
+    def gradient(self, lookup, references=None, rao_blackwellize=False):
         # WRONG: the weights (1 - C pi_j) paired with the wrong reference categories.
         self.log_pi = self.log_pi.flip(-1)
         try:
-            return right(self, lookup, references)
+            return super().gradient(lookup, references, rao_blackwellize)
         finally:
             self.log_pi = self.log_pi.flip(-1)
 
-    monkeypatch.setattr(SwapTable, "gradient", wrong)
+
+@pytest.mark.parametrize("case", ["categorical", "one_hot_categorical", "sequential_plate"])
+def test_power_arsm_wrong_reference(case):
     model, guide, args = cases.ALL[case]()
-    ok, report = check_unbiased(ARSM_ELBO(), model, guide, NUM_SAMPLES, *args)
+    elbo = ARSM_ELBO(categorical=ARSM(swap_table=_WrongReferenceTable))
+    ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect a wrong ARSM weight:\n" + report
 
 
-def test_power_disarm_without_sigmoid_weight(monkeypatch):
-    def wrong(self, info, b, b_twin, u, diff):
+class _DisARMWithoutSigmoidWeight(DisARM):
+    def weight(self, logits):
         # WRONG: DisARM's weight sigma(|alpha|) replaced by its value at alpha = 0.
-        diff = diff.reshape(diff.shape + (1,) * info.event_dim)
-        return 0.5 * diff * (1.0 - 2.0 * b_twin) * (b != b_twin).to(diff.dtype) * 0.5
+        return torch.full_like(logits, 0.5)
 
-    monkeypatch.setattr(ARSM_ELBO, "_bernoulli_grad", wrong)
+
+def test_power_disarm_without_sigmoid_weight():
     model, guide, args = cases.ALL["vector_bernoulli"]()
-    ok, report = check_unbiased(ARSM_ELBO(bernoulli="disarm"), model, guide, NUM_SAMPLES, *args)
+    elbo = ARSM_ELBO(bernoulli=_DisARMWithoutSigmoidWeight())
+    ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect a wrong DisARM weight:\n" + report
+
+
+class _StaleAlternatives(Alternatives):
+    def needs_guide_rerun(self, first, num_sites):
+        # WRONG: the guide is not run again, so sites downstream of a changed value keep their
+        # sample (drawn from the old conditional).
+        return False
 
 
 @pytest.mark.parametrize(
     "case", ["categorical_then_bernoulli", "two_layer_bernoulli", "normal_given_categorical"]
 )
-def test_power_downstream_sites_not_redrawn(monkeypatch, case):
-    # WRONG: the guide is not run again, so sites downstream of a changed value keep their
-    # sample (drawn from the old conditional).
-    monkeypatch.setattr(substitution, "guide_rerun_needed", lambda first, num_sites: False)
+def test_power_downstream_sites_not_redrawn(case):
     model, guide, args = cases.ALL[case]()
-    ok, report = check_unbiased(ARSM_ELBO(), model, guide, NUM_SAMPLES, *args)
+    ok, report = check_unbiased(ARSM_ELBO(alternatives=_StaleAlternatives()), model, guide,
+                                NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect stale downstream sites:\n" + report
 
 

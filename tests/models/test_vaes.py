@@ -160,7 +160,7 @@ def test_categorical_estimators_are_selectable_with_their_evaluations(digits_dir
     assert not set(vae_common.ARSM_CATEGORICAL) & set(bernoulli_vae.BernoulliVAE.estimators)
     for e in vae_common.ARSM_CATEGORICAL:
         elbo = vae_common.make_elbo(e, num_pairs=3 if e in vae_common.COUPLED else None)
-        assert (elbo.categorical, elbo.num_pairs, elbo.max_plate_nesting) == (
+        assert (elbo.categorical.name, elbo.num_pairs, elbo.max_plate_nesting) == (
             e, 3 if e in vae_common.COUPLED else 1, 1)
     got = {}
     for e, extra in [("ar", []), ("disarm-iw", []), ("disarm-tree", ["--num-pairs", "2"]),
