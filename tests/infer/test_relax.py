@@ -398,3 +398,50 @@ def test_unsupported_site_is_named():
     model, guide, args = cases.ALL["poisson"]()
     with pytest.raises(ValueError, match=r"'n'.*Poisson"):
         RELAX_ELBO().loss_and_grads(model, guide, *args)
+
+
+# ------------------------------------------------------------------ the control-variate module
+class _SharedNet(torch.nn.Module):
+    """One user network for every site: one value per cell from the relaxed value."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, relaxed, *args):
+        (name, value), *_ = reversed(list(relaxed.items()))
+        return self.w * (value * torch.arange(1.0, value.shape[-1] + 1.0)).sum(-1)
+
+
+def test_a_network_shared_by_two_sites_gets_the_variance_gradient_once():
+    """The shared module's parameter is one tensor in the ELBO's module and one Pyro parameter,
+    ``relax.net``; its gradient is the variance's (not once per site)."""
+    net = _SharedNet()
+
+    class Recording(RELAX_ELBO):
+        def variance_term(self, variance):
+            (self.expected,) = torch.autograd.grad(variance, [net.w], retain_graph=True)
+            return super().variance_term(variance)
+
+    model, guide, args = cases.ALL["two_sites_one_hot"]()
+    elbo = Recording(control_variate=net)
+    elbo.loss_and_grads(model, guide, *args)
+    assert sum(p is net.w for p in elbo.control_variates.parameters()) == 1
+    assert torch.allclose(net.w.grad, elbo.expected, atol=1e-12) and elbo.expected.abs() > 0
+    store = pyro.get_param_store()
+    assert "relax.net$$$w" in store and store._params["relax.net$$$w"] is net.w
+    assert not [k for k in store.keys() if k.endswith(".net$$$w") and k != "relax.net$$$w"]
+    assert {"relax.b.temperature", "relax.c.temperature"} <= set(store.keys())  # no eta: "neural"
+
+
+def test_the_control_variates_are_one_module_and_the_param_store_holds_its_tensors():
+    model, guide, args = cases.ALL["two_sites_one_hot"]()
+    elbo = RELAX_ELBO(hidden_dims=(4,))
+    elbo.loss_and_grads(model, guide, *args)
+    module = elbo.control_variates
+    store = dict(pyro.get_param_store().named_parameters())
+    own = {k: v for k, v in store.items() if k.startswith("relax.")}
+    assert set(map(id, own.values())) == set(map(id, module.parameters()))
+    assert len(list(module.parameters())) == len(own) == 2 * (2 + 4)  # per site: T, eta, 2 layers
+    assert all(k in module.state_dict() for k in ("sites.b.temperature_unconstrained",
+                                                  "sites.c.net.net.0.weight"))
