@@ -95,10 +95,23 @@ class ControlVariates(torch.nn.Module):
         """The sites that have state, in order of creation."""
         return list(self._keys)
 
-    def add_site(self, name, temperature, eta=None, net=None):
-        """Creates site ``name``'s state (see :class:`SiteControlVariate`)."""
+    def add_site(self, name, temperature, eta=None, mlp=None, like=None):
+        """Creates site ``name``'s state (see :class:`SiteControlVariate`).
+
+        :param float temperature: the initial temperature.
+        :param float eta: the initial scale, or None (no REBAR term).
+        :param dict mlp: the arguments of the site's own :class:`ControlVariateMLP`, or None.
+        :param torch.Tensor like: a tensor whose dtype and device the state takes.
+        """
+        new = {} if like is None else dict(dtype=like.dtype, device=like.device)
+        net = None
+        if mlp is not None:
+            with torch.random.fork_rng(devices=_cuda_devices()):  # the user's RNG stream stays
+                net = ControlVariateMLP(**mlp).to(**new)
+        eta = None if eta is None else torch.tensor(float(eta), **new)
         key = _key(name, self.sites)
-        self.sites[key] = SiteControlVariate("{}.{}".format(self.prefix, name), temperature, eta, net)
+        self.sites[key] = SiteControlVariate("{}.{}".format(self.prefix, name),
+                                             torch.tensor(float(temperature), **new), eta, net)
         self._keys[name] = key
         return self.sites[key]
 
@@ -109,6 +122,10 @@ class ControlVariates(torch.nn.Module):
         if self.network is not None:
             net = pyro.module(self.prefix + ".net", self.network, update_module_params=True)
         return temperature, eta, net
+
+
+def _cuda_devices():
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _key(name, taken):

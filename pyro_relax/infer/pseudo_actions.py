@@ -204,56 +204,63 @@ class SwapTable:
         if actions is None:
             cs, jj = self._pairs_for(references)
             actions = self.actions(cs, jj).reshape(J, C, N, K)
-        log_pi, phi = self.log_pi, self.phi
-        a = log_pi - phi
-        k = min(4, C)
-        top_val, top_idx = a.topk(k, -1, largest=False)  # (N, K, k)
+        top = (self.log_pi - self.phi).topk(min(4, C), -1, largest=False)  # (N, K, k)
         # all (reference, absorber) pairs with o != j, in chunks of whole pseudo-action sets
         jr = torch.arange(J, device=device).repeat_interleave(C)
         oo = torch.arange(C, device=device).repeat(J)
         keep = oo != references[jr]
         jr, oo = jr[keep], oo[keep]
-        total = phi.new_zeros(J, N, K)
+        total = self.phi.new_zeros(J, N, K)
         size = max(1, CHUNK_ELEMENTS // max(1, C * N * K))
-        m = torch.arange(C, device=device).reshape(1, C, 1, 1)
         for start in range(0, len(jr), size):
             jrow, o = jr[start : start + size], oo[start : start + size]
-            j = references[jrow]
-            P = len(j)
-            jv, ov = j.reshape(P, 1, 1, 1), o.reshape(P, 1, 1, 1)
-            w = actions[jrow]  # (P, C, N, K)
-
-            def at(x, index):  # x (N, K, C), index (P, 1, 1, 1) or m -> (P or 1, C or 1, N, K)
-                return x.permute(2, 0, 1)[index.reshape(-1)].reshape(index.shape[:2] + (N, K))
-
-            lp_j, lp_o = at(log_pi, jv), at(log_pi, ov)
-            phi_j, phi_o = at(phi, jv), at(phi, ov)
-            lp_m, phi_m = at(log_pi, m), at(phi, m)
-            r = lp_j.exp() + lp_o.exp()
-            is_j, is_o = m == jv, m == ov
-            inc = torch.where(is_j, jv, torch.where(is_o, ov, m)).expand(P, C, 1, 1)
-            dec = torch.where(is_o, jv, ov).expand(P, C, 1, 1)
-            phi_inc = torch.where(is_j, phi_j, torch.where(is_o, phi_o, phi_m))
-            phi_dec = torch.where(is_o, phi_j, phi_o)
-            # F: the smallest fixed entry, over i not in {j, o, m}; and, for m not in {j, o},
-            # the swapped-in entry log pi_m - phi_j at position j
-            F = torch.full((P, C, N, K), float("inf"), dtype=phi.dtype, device=device)
-            for t in range(k - 1, -1, -1):
-                idx, val = top_idx[..., t], top_val[..., t]
-                free = (idx != jv) & (idx != ov) & (idx != m)
-                F = torch.where(free, val, F)
-            F = torch.where(is_j | is_o, F, torch.minimum(F, lp_m - phi_j))
-            s = r * torch.sigmoid(phi_inc - phi_dec)
-            e_inc, e_dec = (F + phi_inc).exp(), (F + phi_dec).exp()
-            win_inc, win_dec = w == inc, w == dec
-            lower = torch.where(win_inc, torch.zeros_like(s),
-                                torch.where(win_dec, torch.maximum(r - e_dec, s), e_inc))
-            upper = torch.where(win_inc, torch.minimum(e_inc, s),
-                                torch.where(win_dec, r.expand_as(s), r - e_dec))
-            lo = lower.amax(1).clamp(min=0.0)  # (P, N, K)
-            hi = torch.minimum(upper.amin(1), r[:, 0])
-            total.index_add_(0, jrow, 0.5 * (lo + hi))
+            mid = self._interval_midpoints(references[jrow], o, actions[jrow], top)
+            total.index_add_(0, jrow, mid)
         return (total / (C - 1)).permute(1, 2, 0)
+
+    def _interval_midpoints(self, j, o, w, top):
+        """The midpoint of the interval of :math:`\pi_j` (see :meth:`expected_reference`) for
+        ``P`` (reference ``j``, absorber ``o``) pairs with pseudo actions ``w``
+        ``(P, C, N, K)``; ``top``: the smallest entries of :math:`\ln\pi - \phi`. Returns
+        ``(P, N, K)``."""
+        N, K, C = self.num_cells, self.num_vars, self.num_categories
+        log_pi, phi = self.log_pi, self.phi
+        P = len(j)
+        m = torch.arange(C, device=phi.device).reshape(1, C, 1, 1)
+        jv, ov = j.reshape(P, 1, 1, 1), o.reshape(P, 1, 1, 1)
+
+        def at(x, index):  # x (N, K, C), index (P, 1, 1, 1) or m -> (P or 1, C or 1, N, K)
+            return x.permute(2, 0, 1)[index.reshape(-1)].reshape(index.shape[:2] + (N, K))
+
+        lp_j, lp_o = at(log_pi, jv), at(log_pi, ov)
+        phi_j, phi_o = at(phi, jv), at(phi, ov)
+        lp_m, phi_m = at(log_pi, m), at(phi, m)
+        r = lp_j.exp() + lp_o.exp()
+        is_j, is_o = m == jv, m == ov
+        inc = torch.where(is_j, jv, torch.where(is_o, ov, m)).expand(P, C, 1, 1)
+        dec = torch.where(is_o, jv, ov).expand(P, C, 1, 1)
+        phi_inc = torch.where(is_j, phi_j, torch.where(is_o, phi_o, phi_m))
+        phi_dec = torch.where(is_o, phi_j, phi_o)
+        # F: the smallest fixed entry, over i not in {j, o, m}; and, for m not in {j, o},
+        # the swapped-in entry log pi_m - phi_j at position j
+        top_val, top_idx = top
+        F = torch.full((P, C, N, K), float("inf"), dtype=phi.dtype, device=phi.device)
+        for t in range(top_val.shape[-1] - 1, -1, -1):
+            idx, val = top_idx[..., t], top_val[..., t]
+            free = (idx != jv) & (idx != ov) & (idx != m)
+            F = torch.where(free, val, F)
+        F = torch.where(is_j | is_o, F, torch.minimum(F, lp_m - phi_j))
+        s = r * torch.sigmoid(phi_inc - phi_dec)
+        e_inc, e_dec = (F + phi_inc).exp(), (F + phi_dec).exp()
+        win_inc, win_dec = w == inc, w == dec
+        lower = torch.where(win_inc, torch.zeros_like(s),
+                            torch.where(win_dec, torch.maximum(r - e_dec, s), e_inc))
+        upper = torch.where(win_inc, torch.minimum(e_inc, s),
+                            torch.where(win_dec, r.expand_as(s), r - e_dec))
+        lo = lower.amax(1).clamp(min=0.0)  # (P, N, K)
+        hi = torch.minimum(upper.amin(1), r[:, 0])
+        return 0.5 * (lo + hi)
+
 
 def pack(cells, actions, num_categories):
     """Exact integer keys for ``(cell, action vector)`` pairs: the vector's digits (base

@@ -4,13 +4,12 @@ variance gradient."""
 import numbers
 from collections import OrderedDict
 
-import pyro
 import torch
 import torch.nn.functional as F
 
-from .control_variates import ControlVariateMLP, ControlVariates, check_user_output
-from .discrete_elbo import DiscreteELBO, forked_rng
-from .relaxation import RebarCoupling, RelaxationError, RelaxedRows, relax
+from .control_variates import ControlVariates, check_user_output
+from .discrete_elbo import DiscreteELBO
+from .relaxation import RebarCoupling, RelaxedRows, relax
 from .surrogates import pathwise_surrogate, score_function_sites
 from .util import base_distribution, cell_shape, discrete_site_info, expand_to_cells, learning_signals
 
@@ -127,10 +126,8 @@ class RELAX_ELBO(DiscreteELBO):
         #: every site's control-variate state (one module; see the class docstring)
         self.control_variates = ControlVariates(prefix, network)
 
-    @property
-    def network(self):
-        """The user's network shared by every site (None: one default network per site)."""
-        return self.control_variates.network
+    network = property(lambda self: self.control_variates.network,
+                       doc="The user's network shared by every site (None: one per site).")
 
     @property
     def uses_rebar(self):
@@ -188,18 +185,17 @@ class RELAX_ELBO(DiscreteELBO):
         return term - term.detach() if torch.is_tensor(term) else 0.0
 
     def site_state(self, name, info, cell_dims, like, fn):
-        """``(temperature, eta, net)`` of site ``name`` (created on first use)."""
+        """``(temperature, eta, net)`` of site ``name`` (created on first use: the
+        temperature from a relaxed site's own ``temperature`` or the ``temperature`` option)."""
         if name not in self.control_variates:
             init = getattr(base_distribution(fn), "temperature", None)
-            init = self.temperature if init is None else init
-            new = dict(dtype=like.dtype, device=like.device)
-            net = None
+            mlp = None
             if self.uses_network and self.network is None:
-                in_features = int(torch.Size(like.shape[cell_dims:]).numel())
-                with forked_rng():  # building it must not move the user's RNG stream
-                    net = ControlVariateMLP(in_features, self.hidden_dims, self.activation).to(**new)
-            eta = torch.tensor(self.eta, **new) if self.uses_rebar else None
-            self.control_variates.add_site(name, torch.as_tensor(init, **new).clone(), eta, net)
+                mlp = dict(in_features=int(torch.Size(like.shape[cell_dims:]).numel()),
+                           hidden_dims=self.hidden_dims, activation=self.activation)
+            self.control_variates.add_site(
+                name, self.temperature if init is None else init,
+                self.eta if self.uses_rebar else None, mlp, like)
         return self.control_variates.site(name)
 
     def _discrete_surrogate(self, p):
@@ -269,21 +265,8 @@ class RELAX_ELBO(DiscreteELBO):
         """REBAR's relaxed signals and their logit gradients, from the engine's batched run
         of the relaxed rows (see :class:`~pyro_relax.infer.relaxation.RelaxedRows`)."""
         rows = RelaxedRows(p, sites, self.coupling, self.alternatives.sample_row_due())
-        try:
-            # argument validation compares values; a relaxed value is checked by the taint
-            with pyro.validation_enabled(False):
-                signals, totals = self.alternatives.run(p, rows.plan, self.max_plate_nesting,
-                                                        grad=True, totals=True)
-        except RelaxationError as error:
-            raise ValueError(
-                "{}(control_variate={!r}) evaluates model and guide at relaxed values of the "
-                "discrete sites {} (each in its own evaluation, the later guide sites drawn "
-                "from it), and they must be differentiable functions of those values; {} {}. "
-                "Use control_variate='neural', which does not evaluate the program at relaxed "
-                "values.".format(type(self).__name__, self.control_variate, rows.order,
-                                 str(error).strip().splitlines()[0], error.where)
-            ) from error
-        return rows.terms(signals, totals)
+        who = "{}(control_variate={!r})".format(type(self).__name__, self.control_variate)
+        return rows.evaluate(self.alternatives, self.max_plate_nesting, who)
 
 
 class REBAR_ELBO(RELAX_ELBO):

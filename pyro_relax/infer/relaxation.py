@@ -2,6 +2,7 @@
 re-run at, their continuous log-masses, and the taint that refuses programs which are not
 differentiable functions of a relaxed value."""
 
+import pyro
 import torch
 import torch.nn.functional as F
 from pyro.distributions.util import sum_rightmost
@@ -148,6 +149,25 @@ class RelaxedRows:
         upstream = (self.owner > k).reshape(shape)
         sample = left_pad(site["value"], alpha.dim()).to(value.dtype)
         return _taint(torch.where(upstream, sample, value))
+
+    def evaluate(self, engine, max_plate_nesting, who):
+        """The rows run by ``engine`` (an :class:`~pyro_relax.infer.Alternatives`); returns
+        :meth:`terms`. A program that is not differentiable in a relaxed value is refused with
+        a ``ValueError`` naming the estimator ``who``, the sites and where it happened."""
+        try:
+            # argument validation compares values; a relaxed value is checked by the taint
+            with pyro.validation_enabled(False):
+                signals, totals = engine.run(self.particle, self.plan, max_plate_nesting,
+                                             grad=True, totals=True)
+        except RelaxationError as error:
+            raise ValueError(
+                "{} evaluates model and guide at relaxed values of the discrete sites {} (each "
+                "in its own evaluation, the later guide sites drawn from it), and they must be "
+                "differentiable functions of those values; {} {}. Use "
+                "control_variate='neural', which does not evaluate the program at relaxed "
+                "values.".format(who, self.order, str(error).strip().splitlines()[0], error.where)
+            ) from error
+        return self.terms(signals, totals)
 
     def terms(self, signals, totals):
         """Per site: ``(f(sigma(z)), f(sigma(z~)), d total / d alpha at z, at z~)``."""
