@@ -34,7 +34,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO
+from pyro_relax.infer import Alternatives, make_elbo
 
 
 def program(C, B=100, sharpness=0.0, seed=0):
@@ -60,12 +60,8 @@ def _measure_cost(C, packed, calls):
     """Runs in a subprocess: ms per call, peak RSS, rows and distinct actions."""
     import resource
 
-    import pyro_relax.infer.arsm as arsm
-
-    if not packed:
-        arsm._separable = lambda particle, name: False
     model, guide = program(C)
-    elbo = ARSM_ELBO(max_plate_nesting=1)
+    elbo = make_elbo("arsm", max_plate_nesting=1, alternatives=Alternatives(pack=packed))
     elbo.loss_and_grads(model, guide)
     evals0 = elbo.num_model_evaluations
     times = []
@@ -132,29 +128,29 @@ def loo_table(args):
             pyro.clear_param_store()
             pyro.set_rng_seed(0)
             model, guide = program(C, sharpness=sharpness)
-            v_arsm, evals = variance(lambda: ARSM_ELBO(max_plate_nesting=1), model, guide, args.draws)
+            v_arsm, evals = variance(lambda: make_elbo("arsm", max_plate_nesting=1), model, guide, args.draws)
             S = max(2, round(evals))
             pyro.clear_param_store()
             model, guide = program(C, sharpness=sharpness)
             v_loo, _ = variance(
-                lambda: ReinforceLOO_ELBO(num_particles=S, vectorize_particles=True, max_plate_nesting=1),
+                lambda: make_elbo("rloo", num_particles=S, vectorize_particles=True, max_plate_nesting=1),
                 model, guide, args.draws)
             print("| {} | {} | {:.1f} | {:.3e} | {} | {:.3e} | {:.2f} |".format(
                 C, sharpness, evals, v_arsm, S, v_loo, v_loo / v_arsm), flush=True)
 
 
 def vae_table(args):
-    import pyro_relax.infer.arsm as arsm
-    from models import categorical_vae, vae_common
+    from models import categorical_vae
+    from models import vae as vaes
 
     vae_args = categorical_vae.make_parser().parse_args(
         ["--estimator", "arsm", "--num-steps", str(args.vae_steps), "--threads", str(args.threads),
          "--no-progress"])
-    data = vae_common.load_data(vae_args)
-    num_particles, temperature = vae_common.check_estimator_options(
+    data = vaes.load_data(vae_args)
+    num_particles, temperature = vaes.check_estimator_options(
         vae_args, categorical_vae.NAME, categorical_vae.CategoricalVAE.estimators)
-    exp = vae_common.Experiment(categorical_vae.NAME, categorical_vae.build, vae_args, data,
-                                num_particles, temperature)
+    exp = vaes.Experiment(categorical_vae.NAME, categorical_vae.build, vae_args, data,
+                          num_particles, temperature)
     svi = exp.svis["elbo"]
     batch = exp.vae.gradient_batch(data, vae_args.batch_size, torch.Generator().manual_seed(0))
     checkpoints = sorted({0, args.vae_steps // 4, args.vae_steps // 2, args.vae_steps})
@@ -163,10 +159,8 @@ def vae_table(args):
               vae_args.batch_size, vae_args.learning_rate, args.calls))
     print("| step | distinct actions per image (mean / max) | packed: rows, ms | all swaps: rows, ms |")
     print("|---|---|---|---|")
-    separable = arsm._separable
-
     def measure(packed):
-        arsm._separable = separable if packed else (lambda particle, name: False)
+        exp.elbo.alternatives.pack = packed
         try:
             svi.loss_and_grads(svi.model, svi.guide, *batch)  # warm up
             times, rows = [], []
@@ -180,7 +174,7 @@ def vae_table(args):
                 p.unconstrained().grad = None
             return statistics.median(rows), statistics.median(times), dict(exp.elbo.distinct_actions["z"])
         finally:
-            arsm._separable = separable
+            exp.elbo.alternatives.pack = True
 
     for step in checkpoints:
         exp.train(step, progress=False)

@@ -61,7 +61,8 @@ import pyro
 import torch
 from pyro.infer import SVI
 
-from models import bernoulli_vae, categorical_vae, cli, sigmoid_belief_net, ss_vae, vae_common
+from models import bernoulli_vae, categorical_vae, cli, sigmoid_belief_net, ss_vae
+from models import vae as vaes
 
 MODELS = {
     "bernoulli_vae": (bernoulli_vae, bernoulli_vae.BernoulliVAE),
@@ -103,7 +104,7 @@ def estimator_args(args, estimator, seed):
             argv += ["--" + option.replace("_", "-"), str(value)]
     if estimator in PARTICLE_ESTIMATORS:
         argv += ["--num-particles", str(args.num_particles)]
-    if estimator in vae_common.COUPLED and args.num_pairs is not None:
+    if estimator in vaes.COUPLED and args.num_pairs is not None:
         argv += ["--num-pairs", str(args.num_pairs)]
     argv += args.model_args
     parsed = module.make_parser().parse_args(argv)
@@ -131,11 +132,11 @@ def _snapshot():
 def _initialize_params(experiment):
     """Runs guide and model once (without moving the RNG) so that every parameter exists."""
     vae = experiment.vae
-    with vae_common._forked_rng(experiment.data.train.device):
+    with vaes.forked_rng(experiment.data.train.device):
         batch = vae.random_batch(experiment.data, 2)
         previous = vae.estimator, vae.num_particles, vae.temperature, vae.st_prior
         vae.configure("eval")
-        vae_common.log_weights(vae, batch[0], 1, *batch[1:])
+        vaes.log_weights(vae, batch[0], 1, *batch[1:])
         vae.configure(*previous)
 
 
@@ -144,10 +145,10 @@ def _label(estimator, elbo):
     name = type(elbo).__name__
     if estimator in ("arm", "disarm"):
         return f"{name}(bernoulli='{estimator}')"
-    if estimator in vae_common.ARSM_CATEGORICAL:
+    if estimator in vaes.ARSM_CATEGORICAL:
         pairs = f", num_pairs={elbo.num_pairs}" if elbo.num_pairs > 1 else ""
         return f"{name}(categorical='{estimator}'{pairs})"
-    if estimator in vae_common.PARTICLES:
+    if estimator in vaes.PARTICLES:
         name = f"{name}({elbo.num_particles})"
     return name + (" + straight-through guide" if estimator == "st" else "")
 
@@ -157,10 +158,10 @@ def train_run(args, estimator, seed, data, checkpoints=()):
     at those steps (by step)."""
     module, _ = MODELS[args.model]
     run_args = estimator_args(args, estimator, seed)
-    num_particles, temperature = vae_common.check_estimator_options(
+    num_particles, temperature = vaes.check_estimator_options(
         run_args, args.model, MODELS[args.model][1].estimators
     )
-    experiment = vae_common.Experiment(args.model, module.build, run_args, data, num_particles,
+    experiment = vaes.Experiment(args.model, module.build, run_args, data, num_particles,
                                        temperature)
     snapshots = {}
     values = []  # every step's train ELBO estimate
@@ -210,10 +211,10 @@ def gradient_variance(args, estimator, seed, data, snapshots):
     out = {}
     for step, snapshot in sorted(snapshots.items()):
         run_args = estimator_args(args, estimator, seed)
-        num_particles, temperature = vae_common.check_estimator_options(
+        num_particles, temperature = vaes.check_estimator_options(
             run_args, args.model, MODELS[args.model][1].estimators
         )
-        experiment = vae_common.Experiment(args.model, module.build, run_args, data,
+        experiment = vaes.Experiment(args.model, module.build, run_args, data,
                                            num_particles, temperature)
         store = pyro.get_param_store()
         store.set_state(copy.deepcopy(snapshot))
@@ -338,7 +339,7 @@ def main(args):
     device = torch.device(args.device)
     args.device = device
     probe = estimator_args(args, args.reference, args.seeds[0])
-    data = vae_common.load_data(probe)
+    data = vaes.load_data(probe)
     describe = args.model + (f" ({probe.arch}, protocol {probe.protocol})"
                              if hasattr(probe, "protocol") else "")
     header = [
@@ -403,7 +404,7 @@ def make_parser():
         "seed and step budget): train ELBO, test importance-weighted bound, encoder-gradient "
         "variance at fixed checkpoints, model evaluations and ms per step, as one Markdown "
         "table. Reads Fashion-MNIST from --data-dir; nothing is downloaded.",
-        formatter_class=vae_common.HelpFormatter,
+        formatter_class=vaes.HelpFormatter,
     )
     parser.add_argument("--model", default="bernoulli_vae", choices=list(MODELS),
                         help="the model (its CLI's defaults apply)")

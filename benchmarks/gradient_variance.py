@@ -27,12 +27,12 @@ import time
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import SVI
 from pyro.optim import Adam
 
 from models.cli import add_common_arguments
 from models.toys import bernoulli_toy, categorical_toy
-from pyro_relax.infer import ARSM_ELBO, REBAR_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo
 
 
 def train_control_variate(elbo, model, guide, args, steps, lr=0.01):
@@ -159,15 +159,15 @@ def main(args):
         args.num_samples, args.repeats, args.calls))
 
     bern = {
-        "Trace_ELBO(1)": lambda: Trace_ELBO(),
-        "Trace_ELBO(2)": lambda: Trace_ELBO(num_particles=2),
-        "TraceGraph_ELBO(2)": lambda: TraceGraph_ELBO(num_particles=2),
-        "ReinforceLOO(2)": lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=0),
-        "VarGrad(2)": lambda: VarGrad_ELBO(num_particles=2, max_plate_nesting=0),
-        "ARM": lambda: ARSM_ELBO(max_plate_nesting=0),
-        "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
-        "REBAR": lambda: REBAR_ELBO(max_plate_nesting=0),
-        "RELAX": lambda: RELAX_ELBO(max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
+        "Trace_ELBO(1)": lambda: make_elbo("trace"),
+        "Trace_ELBO(2)": lambda: make_elbo("trace", num_particles=2),
+        "TraceGraph_ELBO(2)": lambda: make_elbo("tracegraph", num_particles=2),
+        "ReinforceLOO(2)": lambda: make_elbo("rloo", num_particles=2, max_plate_nesting=0),
+        "VarGrad(2)": lambda: make_elbo("vargrad", num_particles=2, max_plate_nesting=0),
+        "ARM": lambda: make_elbo("arm", max_plate_nesting=0),
+        "DisARM": lambda: make_elbo("disarm", max_plate_nesting=0),
+        "REBAR": lambda: make_elbo("rebar", max_plate_nesting=0),
+        "RELAX": lambda: make_elbo("relax", max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
     }
     if "bernoulli" in args.problems:
         run_problem("1. Bernoulli toy E[(b - 0.499)^2] at p = 0.5 (exact gradient 5.0e-04)",
@@ -175,29 +175,29 @@ def main(args):
                     args.cv_steps)
 
     cat = {
-        "Trace_ELBO(1)": lambda: Trace_ELBO(),
-        "Trace_ELBO(30)": lambda: Trace_ELBO(num_particles=30, vectorize_particles=True, max_plate_nesting=0),
-        "TraceGraph_ELBO(30)": lambda: TraceGraph_ELBO(num_particles=30, vectorize_particles=True, max_plate_nesting=0),
-        "ReinforceLOO(30)": lambda: ReinforceLOO_ELBO(num_particles=30, vectorize_particles=True, max_plate_nesting=0),
-        "VarGrad(30)": lambda: VarGrad_ELBO(num_particles=30, vectorize_particles=True, max_plate_nesting=0),
-        "ARSM": lambda: ARSM_ELBO(max_plate_nesting=0),
+        "Trace_ELBO(1)": lambda: make_elbo("trace"),
+        "Trace_ELBO(30)": lambda: make_elbo("trace", num_particles=30, vectorize_particles=True, max_plate_nesting=0),
+        "TraceGraph_ELBO(30)": lambda: make_elbo("tracegraph", num_particles=30, vectorize_particles=True, max_plate_nesting=0),
+        "ReinforceLOO(30)": lambda: make_elbo("rloo", num_particles=30, vectorize_particles=True, max_plate_nesting=0),
+        "VarGrad(30)": lambda: make_elbo("vargrad", num_particles=30, vectorize_particles=True, max_plate_nesting=0),
+        "ARSM": lambda: make_elbo("arsm", max_plate_nesting=0),
     }
     if "categorical" in args.problems:
         run_problem("2. ARSM toy, C = R = 30, phi = 0 (variance per logit, averaged)",
                     categorical_setup(device), cat, args.num_samples, args.calls, args.repeats)
 
     vae = {
-        "Trace_ELBO(1)": lambda: Trace_ELBO(),
-        "Trace_ELBO(2)": lambda: Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
-        "TraceGraph_ELBO(2)": lambda: TraceGraph_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
-        "ReinforceLOO(2)": lambda: ReinforceLOO_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
-        "VarGrad(2)": lambda: VarGrad_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
-        "Trace_ELBO(3)": lambda: Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
-        "ReinforceLOO(3)": lambda: ReinforceLOO_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
-        "ARM": lambda: ARSM_ELBO(max_plate_nesting=1),
-        "DisARM": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=1),
-        "REBAR": lambda: REBAR_ELBO(max_plate_nesting=1),
-        "RELAX": lambda: RELAX_ELBO(max_plate_nesting=1),
+        "Trace_ELBO(1)": lambda: make_elbo("trace"),
+        "Trace_ELBO(2)": lambda: make_elbo("trace", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "TraceGraph_ELBO(2)": lambda: make_elbo("tracegraph", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "ReinforceLOO(2)": lambda: make_elbo("rloo", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "VarGrad(2)": lambda: make_elbo("vargrad", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "Trace_ELBO(3)": lambda: make_elbo("trace", num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+        "ReinforceLOO(3)": lambda: make_elbo("rloo", num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+        "ARM": lambda: make_elbo("arm", max_plate_nesting=1),
+        "DisARM": lambda: make_elbo("disarm", max_plate_nesting=1),
+        "REBAR": lambda: make_elbo("rebar", max_plate_nesting=1),
+        "RELAX": lambda: make_elbo("relax", max_plate_nesting=1),
     }
     if "vae" in args.problems:
         results = run_problem(

@@ -32,11 +32,11 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import SVI
 from pyro.optim import Adam
 
 from models.cli import add_common_arguments
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo
 
 
 def digits(device, batch_size=32):
@@ -231,8 +231,8 @@ def loo_vs_vargrad(x, args):
     """Trains LOO(2) and VarGrad(2) from the same seed on the discrete-only guide."""
     results = {}
     for name, make in [
-        ("ReinforceLOO_ELBO(2)", lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=1)),
-        ("VarGrad_ELBO(2)", lambda: VarGrad_ELBO(num_particles=2, max_plate_nesting=1)),
+        ("ReinforceLOO_ELBO(2)", lambda: make_elbo("rloo", num_particles=2, max_plate_nesting=1)),
+        ("VarGrad_ELBO(2)", lambda: make_elbo("vargrad", num_particles=2, max_plate_nesting=1)),
     ]:
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
@@ -266,14 +266,14 @@ def main(args):
         return dict(max_plate_nesting=1, **kw)
 
     common = {
-        "Trace_ELBO(2)": lambda: Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
-        "TraceGraph_ELBO(2)": lambda: TraceGraph_ELBO(num_particles=2, max_plate_nesting=1),
-        "ReinforceLOO_ELBO(2)": lambda: ReinforceLOO_ELBO(num_particles=2, vectorize_particles=True, **pair()),
-        "VarGrad_ELBO(2)": lambda: VarGrad_ELBO(num_particles=2, vectorize_particles=True, **pair()),
+        "Trace_ELBO(2)": lambda: make_elbo("trace", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        "TraceGraph_ELBO(2)": lambda: make_elbo("tracegraph", num_particles=2, max_plate_nesting=1),
+        "ReinforceLOO_ELBO(2)": lambda: make_elbo("rloo", num_particles=2, vectorize_particles=True, **pair()),
+        "VarGrad_ELBO(2)": lambda: make_elbo("vargrad", num_particles=2, vectorize_particles=True, **pair()),
     }
     arm = {
-        "ARSM_ELBO (ARM)": lambda: ARSM_ELBO(**pair()),
-        "ARSM_ELBO (DisARM)": lambda: ARSM_ELBO(bernoulli="disarm", **pair()),
+        "ARSM_ELBO (ARM)": lambda: make_elbo("arm", **pair()),
+        "ARSM_ELBO (DisARM)": lambda: make_elbo("disarm", **pair()),
     }
     problems = {
         "discrete": ("1. discrete only: Bernoulli VAE 64-16-64", bernoulli_vae, dict(common, **arm)),

@@ -47,7 +47,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models import cli, vae_common
+from models import cli
+from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, add_arguments, mlp, run
 
 __all__ = ["PROTOCOLS", "BernoulliVAE", "build", "main", "make_parser", "apply_protocol"]
 
@@ -64,7 +65,7 @@ PROTOCOLS = {
 }
 
 
-class BernoulliVAE(vae_common.DiscreteVAE):
+class BernoulliVAE(DiscreteVAE):
     """One stochastic layer of Bernoulli latents.
 
     :param int pixels: pixels per image.
@@ -79,7 +80,7 @@ class BernoulliVAE(vae_common.DiscreteVAE):
     """
 
     latent_kind = "bernoulli"
-    estimators = vae_common.BERNOULLI_ESTIMATORS
+    estimators = BERNOULLI_ESTIMATORS
 
     def __init__(self, pixels, latents, arch, hidden, train_mean, output_bias, learn_prior=True,
                  prior_sgd=None):
@@ -88,8 +89,8 @@ class BernoulliVAE(vae_common.DiscreteVAE):
             self.encoder = torch.nn.Linear(pixels, latents)
             self.decoder = torch.nn.Linear(latents, pixels)
         elif arch == "nonlinear":
-            self.encoder = vae_common.mlp([pixels, hidden, hidden, latents])
-            self.decoder = vae_common.mlp([latents, hidden, hidden, pixels])
+            self.encoder = mlp([pixels, hidden, hidden, latents])
+            self.decoder = mlp([latents, hidden, hidden, pixels])
         else:
             raise ValueError(f"arch: expected 'linear' or 'nonlinear', got {arch!r}")
         last = self.decoder if arch == "linear" else self.decoder[-1]
@@ -136,9 +137,9 @@ def build(args, data):
 
 
 def main(args):
-    """Train and evaluate (see :func:`models.vae_common.run`); returns the metrics dict."""
+    """Train and evaluate (see :func:`models.run`); returns the metrics dict."""
     apply_protocol(args)
-    return vae_common.run(args, NAME, build, BernoulliVAE.estimators,
+    return run(args, NAME, build, BernoulliVAE.estimators,
                           describe=f" ({args.arch}, protocol {args.protocol})")
 
 
@@ -175,7 +176,7 @@ def make_parser():
         eval_size=None, eval_size_help="from --protocol: " + _protocol_help("eval_size"),
         latents=200, hidden=200,
     )
-    vae_common.add_arguments(parser, BernoulliVAE.estimators, defaults)
+    add_arguments(parser, BernoulliVAE.estimators, defaults)
     return parser
 
 

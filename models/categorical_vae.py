@@ -32,14 +32,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models import cli, vae_common
+from models import cli
+from models.vae import CATEGORICAL_ESTIMATORS, DiscreteVAE, add_arguments, mlp, run
 
 __all__ = ["CategoricalVAE", "build", "main", "make_parser"]
 
 NAME = "categorical_vae"
 
 
-class CategoricalVAE(vae_common.DiscreteVAE):
+class CategoricalVAE(DiscreteVAE):
     """``latents`` OneHotCategorical latents of ``classes`` classes, uniform prior.
 
     :param int pixels: pixels per image.
@@ -51,13 +52,13 @@ class CategoricalVAE(vae_common.DiscreteVAE):
     """
 
     latent_kind = "categorical"
-    estimators = vae_common.CATEGORICAL_ESTIMATORS
+    estimators = CATEGORICAL_ESTIMATORS
 
     def __init__(self, pixels, latents, classes, hidden, train_mean, output_bias):
         super().__init__(train_mean)
         self.latents, self.classes = latents, classes
-        self.encoder = vae_common.mlp([pixels, *hidden, latents * classes])
-        self.decoder = vae_common.mlp([latents * classes, *reversed(hidden), pixels])
+        self.encoder = mlp([pixels, *hidden, latents * classes])
+        self.decoder = mlp([latents * classes, *reversed(hidden), pixels])
         with torch.no_grad():
             self.decoder[-1].bias.copy_(output_bias)
 
@@ -86,8 +87,8 @@ def build(args, data):
 
 
 def main(args):
-    """Train and evaluate (see :func:`models.vae_common.run`); returns the metrics dict."""
-    return vae_common.run(args, NAME, build, CategoricalVAE.estimators,
+    """Train and evaluate (see :func:`models.run`); returns the metrics dict."""
+    return run(args, NAME, build, CategoricalVAE.estimators,
                           describe=f" ({args.latents} x {args.classes})")
 
 
@@ -107,7 +108,7 @@ def make_parser():
         hidden_text="the encoder's first hidden width H: encoder pixels-H-H/2-(latents x "
         "classes) with LeakyReLU(0.3), decoder mirrored",
     )
-    vae_common.add_arguments(parser, CategoricalVAE.estimators, defaults)
+    add_arguments(parser, CategoricalVAE.estimators, defaults)
     return parser
 
 

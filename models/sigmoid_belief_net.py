@@ -31,14 +31,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models import cli, vae_common
+from models import cli
+from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, add_arguments, run
 
 __all__ = ["SigmoidBeliefNet", "build", "main", "make_parser"]
 
 NAME = "sigmoid_belief_net"
 
 
-class SigmoidBeliefNet(vae_common.DiscreteVAE):
+class SigmoidBeliefNet(DiscreteVAE):
     """Two linear stochastic layers of ``latents`` Bernoulli units each.
 
     :param int pixels: pixels per image.
@@ -48,7 +49,7 @@ class SigmoidBeliefNet(vae_common.DiscreteVAE):
     """
 
     latent_kind = "bernoulli"
-    estimators = vae_common.BERNOULLI_ESTIMATORS
+    estimators = BERNOULLI_ESTIMATORS
 
     def __init__(self, pixels, latents, train_mean, output_bias):
         super().__init__(train_mean)
@@ -85,8 +86,8 @@ def build(args, data):
 
 
 def main(args):
-    """Train and evaluate (see :func:`models.vae_common.run`); returns the metrics dict."""
-    return vae_common.run(args, NAME, build, SigmoidBeliefNet.estimators,
+    """Train and evaluate (see :func:`models.run`); returns the metrics dict."""
+    return run(args, NAME, build, SigmoidBeliefNet.estimators,
                           describe=f" (2 x {args.latents} linear)")
 
 
@@ -101,7 +102,7 @@ def make_parser():
     )
     defaults = dict(num_steps=2000, batch_size=50, learning_rate=1e-3, eval_size=1000,
                     latents=200)
-    vae_common.add_arguments(parser, SigmoidBeliefNet.estimators, defaults)
+    add_arguments(parser, SigmoidBeliefNet.estimators, defaults)
     return parser
 
 

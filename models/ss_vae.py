@@ -41,7 +41,10 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, config_enumerate
 
-from models import cli, vae_common
+from models import cli
+from models.vae import (
+    CATEGORICAL_ESTIMATORS, EVAL_SEEDS, DiscreteVAE, add_arguments, broadcast_cat, mlp, run,
+)
 from models.data import binarize
 
 __all__ = ["SSVAE", "build", "main", "make_parser", "select_labels"]
@@ -74,7 +77,7 @@ def select_labels(labels, num_labels, classes):
     return labelled, mask.nonzero().squeeze(-1)
 
 
-class SSVAE(vae_common.DiscreteVAE):
+class SSVAE(DiscreteVAE):
     """M2 with a OneHotCategorical class latent and a Normal style latent.
 
     :param int pixels: pixels per image.
@@ -89,16 +92,16 @@ class SSVAE(vae_common.DiscreteVAE):
     """
 
     latent_kind = "categorical"
-    estimators = vae_common.CATEGORICAL_ESTIMATORS + ("enum",)
+    estimators = CATEGORICAL_ESTIMATORS + ("enum",)
 
     def __init__(self, pixels, classes, latents, hidden, train_mean, output_bias,
                  aux_loss_multiplier, labelled, unlabelled):
         super().__init__(train_mean)
         self.classes, self.latents = classes, latents
         self.aux_loss_multiplier = aux_loss_multiplier
-        self.classifier = vae_common.mlp([pixels, hidden, classes], torch.nn.Softplus)
-        self.encoder_z = vae_common.mlp([pixels + classes, hidden, 2 * latents], torch.nn.Softplus)
-        self.decoder = vae_common.mlp([latents + classes, hidden, pixels], torch.nn.Softplus)
+        self.classifier = mlp([pixels, hidden, classes], torch.nn.Softplus)
+        self.encoder_z = mlp([pixels + classes, hidden, 2 * latents], torch.nn.Softplus)
+        self.decoder = mlp([latents + classes, hidden, pixels], torch.nn.Softplus)
         with torch.no_grad():
             self.decoder[-1].bias.copy_(output_bias)
         self.register_buffer("labelled", labelled)
@@ -110,7 +113,7 @@ class SSVAE(vae_common.DiscreteVAE):
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))
             y_value = self.prior("y", self.train_mean.new_zeros(self.classes), event_dims=0, obs=y)
-            logits = self.decoder(vae_common.broadcast_cat(z, y_value))
+            logits = self.decoder(broadcast_cat(z, y_value))
             pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
             if y is not None and self.aux_loss_multiplier > 0:
                 pyro.module("classifier", self.classifier, update_module_params=True)
@@ -125,7 +128,7 @@ class SSVAE(vae_common.DiscreteVAE):
         with pyro.plate("data", x.shape[0], dim=-1):
             if y is None:
                 y = self.discrete("y", self.classifier(h), event_dims=0)
-            loc, scale = self.encoder_z(vae_common.broadcast_cat(h, y)).chunk(2, -1)
+            loc, scale = self.encoder_z(broadcast_cat(h, y)).chunk(2, -1)
             pyro.sample("z", dist.Normal(loc, F.softplus(scale) + 1e-4).to_event(1))
 
     def encoder_modules(self):
@@ -167,7 +170,7 @@ class SSVAE(vae_common.DiscreteVAE):
             if len(images) == 0:
                 continue
             generator = torch.Generator(device=images.device).manual_seed(
-                vae_common.EVAL_SEEDS[split]
+                EVAL_SEEDS[split]
             )
             correct = 0
             for start in range(0, len(images), 1000):
@@ -188,9 +191,9 @@ def build(args, data):
 
 
 def main(args):
-    """Train and evaluate (see :func:`models.vae_common.run`); returns the metrics dict, with
+    """Train and evaluate (see :func:`models.run`); returns the metrics dict, with
     ``valid_accuracy`` and ``test_accuracy`` of the classifier ``q(y | x)``."""
-    return vae_common.run(args, NAME, build, SSVAE.estimators,
+    return run(args, NAME, build, SSVAE.estimators,
                           describe=f" (M2, {args.num_labels} labels)")
 
 
@@ -213,7 +216,7 @@ def make_parser():
     defaults = dict(num_steps=2000, batch_size=100, learning_rate=1e-3, eval_size=1000,
                     latents=50, hidden=500, latents_text="dimension of the Normal latent z",
                     hidden_text="hidden units of the classifier, encoder_z and decoder")
-    vae_common.add_arguments(parser, SSVAE.estimators, defaults)
+    add_arguments(parser, SSVAE.estimators, defaults)
     return parser
 
 

@@ -37,11 +37,11 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
 from pyro.optim import SGD
 
 from models import cli
-from pyro_relax.infer import ARSM_ELBO, REBAR_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo
 
 __all__ = [
     "bernoulli_toy",
@@ -114,17 +114,17 @@ def categorical_exact_grad(phi, R=30):
 
 CATEGORICAL_ESTIMATORS = {
     "exact": None,
-    "ar": lambda: ARSM_ELBO(categorical="ar", max_plate_nesting=0),
-    "ars": lambda: ARSM_ELBO(categorical="ars", max_plate_nesting=0),
-    "arsm": lambda: ARSM_ELBO(max_plate_nesting=0),
-    "ars+": lambda: ARSM_ELBO(categorical="ars+", max_plate_nesting=0),
-    "arsm+": lambda: ARSM_ELBO(categorical="arsm+", max_plate_nesting=0),
-    "disarm-iw": lambda: ARSM_ELBO(categorical="disarm-iw", max_plate_nesting=0),
-    "disarm-sb": lambda: ARSM_ELBO(categorical="disarm-sb", max_plate_nesting=0),
-    "disarm-tree": lambda: ARSM_ELBO(categorical="disarm-tree", max_plate_nesting=0),
-    "reinforce": lambda: Trace_ELBO(),
-    "loo2": lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=0),
-    "vargrad2": lambda: VarGrad_ELBO(num_particles=2, max_plate_nesting=0),
+    "ar": lambda: make_elbo("ar", max_plate_nesting=0),
+    "ars": lambda: make_elbo("ars", max_plate_nesting=0),
+    "arsm": lambda: make_elbo("arsm", max_plate_nesting=0),
+    "ars+": lambda: make_elbo("ars+", max_plate_nesting=0),
+    "arsm+": lambda: make_elbo("arsm+", max_plate_nesting=0),
+    "disarm-iw": lambda: make_elbo("disarm-iw", max_plate_nesting=0),
+    "disarm-sb": lambda: make_elbo("disarm-sb", max_plate_nesting=0),
+    "disarm-tree": lambda: make_elbo("disarm-tree", max_plate_nesting=0),
+    "reinforce": lambda: make_elbo("trace"),
+    "loo2": lambda: make_elbo("rloo", num_particles=2, max_plate_nesting=0),
+    "vargrad2": lambda: make_elbo("vargrad", num_particles=2, max_plate_nesting=0),
 }
 
 
@@ -158,11 +158,11 @@ def train_categorical(estimator, num_steps=5000, seed=0, num_categories=30, R=30
 
 
 BERNOULLI_ESTIMATORS = {
-    "reinforce (Trace_ELBO)": lambda: Trace_ELBO(),
-    "loo(2)": lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=0),
-    "vargrad(2)": lambda: VarGrad_ELBO(num_particles=2, max_plate_nesting=0),
-    "arm": lambda: ARSM_ELBO(max_plate_nesting=0),
-    "disarm": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
+    "reinforce (Trace_ELBO)": lambda: make_elbo("trace"),
+    "loo(2)": lambda: make_elbo("rloo", num_particles=2, max_plate_nesting=0),
+    "vargrad(2)": lambda: make_elbo("vargrad", num_particles=2, max_plate_nesting=0),
+    "arm": lambda: make_elbo("arm", max_plate_nesting=0),
+    "disarm": lambda: make_elbo("disarm", max_plate_nesting=0),
 }
 
 
@@ -190,12 +190,12 @@ def bernoulli_expected_loss(theta, target=0.499):
 #: the RELAX paper's Fig. 1 comparison (Adam, lr 0.01); RELAX's surrogate is 1-10(tanh)-1 on
 #: the relaxed value sigma(z / lambda)
 RELAX_TOY_ESTIMATORS = {
-    "reinforce": lambda: Trace_ELBO(),
-    "rebar": lambda: REBAR_ELBO(max_plate_nesting=0),
-    "relax": lambda: RELAX_ELBO(max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
-    "loo2": lambda: ReinforceLOO_ELBO(num_particles=2, max_plate_nesting=0),
-    "arm": lambda: ARSM_ELBO(max_plate_nesting=0),
-    "disarm": lambda: ARSM_ELBO(bernoulli="disarm", max_plate_nesting=0),
+    "reinforce": lambda: make_elbo("trace"),
+    "rebar": lambda: make_elbo("rebar", max_plate_nesting=0),
+    "relax": lambda: make_elbo("relax", max_plate_nesting=0, hidden_dims=(10,), activation=torch.nn.Tanh),
+    "loo2": lambda: make_elbo("rloo", num_particles=2, max_plate_nesting=0),
+    "arm": lambda: make_elbo("arm", max_plate_nesting=0),
+    "disarm": lambda: make_elbo("disarm", max_plate_nesting=0),
 }
 
 
@@ -348,22 +348,24 @@ def family_spec(spec):
     if spec == "exact":
         return dict(spec=spec, label="exact gradient ascent", code="—", make=None)
     if spec == "reinforce":
-        return dict(spec=spec, label="REINFORCE", code="Trace_ELBO()", make=lambda: Trace_ELBO())
+        return dict(spec=spec, label="REINFORCE", code="Trace_ELBO()",
+                    make=lambda: make_elbo("trace"))
     if name == "rloo" and count == "auto":
         return dict(spec=spec, label="RLOO (S = evals)", code="ReinforceLOO_ELBO", make=None)
     if name == "rloo" and count.isdigit() and int(count) >= 2:
         S = int(count)
         return dict(spec=spec, label="RLOO (S={})".format(S),
                     code="ReinforceLOO_ELBO(num_particles={}, vectorize_particles=True)".format(S),
-                    make=lambda: ReinforceLOO_ELBO(num_particles=S, vectorize_particles=True,
-                                                   max_plate_nesting=0))
+                    make=lambda: make_elbo("rloo", num_particles=S, vectorize_particles=True,
+                                           max_plate_nesting=0))
     if name in _FAMILY_LABELS and (not count or (name.startswith("disarm") and count.isdigit()
                                                  and int(count) >= 1)):
         m = int(count) if count else 1
         label = _FAMILY_LABELS[name] + (" (m={})".format(m) if count else "")
         code = "ARSM_ELBO(categorical={!r}{})".format(name, ", num_pairs={}".format(m) if count else "")
         return dict(spec=spec, label=label, code=code,
-                    make=lambda: ARSM_ELBO(categorical=name, num_pairs=m, max_plate_nesting=0))
+                    make=lambda: make_elbo(name, num_pairs=m if count else None,
+                                           max_plate_nesting=0))
     raise ValueError(
         "unknown family estimator {!r}: choose from exact, reinforce, {}, disarm-iw:M, "
         "disarm-sb:M, disarm-tree:M (M antithetic pairs), rloo:S (S >= 2) or rloo:auto".format(

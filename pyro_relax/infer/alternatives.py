@@ -51,18 +51,22 @@ class Alternatives:
     :param vectorize: ``None`` (default: batched; if the program does not broadcast, e.g.
         ``.item()`` or a Python branch on a sampled value, one at a time from then on),
         ``True`` (batched, or :class:`AlternativesError`) or ``False`` (one at a time).
+    :param bool pack: take the cells of a site for separable where they are (default); False
+        treats every site's cells as coupled (no packing of per-cell alternatives: e.g. to
+        measure what packing saves).
     """
 
     #: how often (in calls) a batched run carries the sample row that checks broadcasting
     check_broadcast_every = 50
 
-    def __init__(self, vectorize=None):
+    def __init__(self, vectorize=None, pack=True):
         if vectorize not in (None, True, False):
             raise ValueError(
                 "vectorize_alternatives: expected None (batched, falling back to one at a "
                 "time), True or False, got {!r}".format(vectorize)
             )
         self.vectorize = vectorize
+        self.pack = bool(pack)
         #: set once a batched run has failed: alternatives then run one at a time
         self.one_at_a_time = False
         #: model evaluations made, counted per particle (the sample row is not counted)
@@ -85,7 +89,9 @@ class Alternatives:
     def separable(self, particle, name):
         """Whether each plate cell's learning signal depends only on that cell's value of
         site ``name``: no sample site after it (in model or guide) lies outside its plates.
-        Then one row can hold a different alternative in each cell."""
+        Then one row can hold a different alternative in each cell (False if not ``pack``)."""
+        if not self.pack:
+            return False
         stack = particle.guide_trace.nodes[name]["cond_indep_stack"]
         plates = {f.name for f in stack if f.vectorized}
         for trace in (particle.model_trace, particle.guide_trace):

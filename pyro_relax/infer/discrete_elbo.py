@@ -3,7 +3,6 @@
 import numbers
 import warnings
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_validation_enabled, torch_item

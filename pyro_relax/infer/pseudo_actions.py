@@ -219,9 +219,9 @@ class SwapTable:
         return (total / (C - 1)).permute(1, 2, 0)
 
     def _interval_midpoints(self, j, o, w, top):
-        """The midpoint of the interval of :math:`\pi_j` (see :meth:`expected_reference`) for
+        """The midpoint of the interval of :math:`\\pi_j` (see :meth:`expected_reference`) for
         ``P`` (reference ``j``, absorber ``o``) pairs with pseudo actions ``w``
-        ``(P, C, N, K)``; ``top``: the smallest entries of :math:`\ln\pi - \phi`. Returns
+        ``(P, C, N, K)``; ``top``: the smallest entries of :math:`\\ln\\pi - \\phi`. Returns
         ``(P, N, K)``."""
         N, K, C = self.num_cells, self.num_vars, self.num_categories
         log_pi, phi = self.log_pi, self.phi

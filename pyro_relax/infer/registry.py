@@ -22,8 +22,9 @@ class Estimator(NamedTuple):
     :ivar build: ``build(**options) -> ELBO``.
     :ivar tuple kinds: the discrete site families it estimates itself: ``"bernoulli"``,
         ``"categorical"`` (Categorical and OneHotCategorical); ``()`` for any family.
-    :ivar int num_particles: its default ``num_particles`` if it takes that option, else None
-        (its cost per step is fixed).
+    :ivar int num_particles: its default ``num_particles`` if its cost per step is that many
+        model evaluations, else None (its cost is fixed by the estimator; ``num_particles``
+        then averages independent estimates).
     :ivar int min_particles: the smallest ``num_particles`` it accepts.
     :ivar float temperature: its default temperature if it takes one, else None.
     :ivar bool num_pairs: whether it takes ``num_pairs``.
@@ -101,24 +102,23 @@ def estimators_for(kind, exclude=("enum",)):
 
 
 def make_elbo(name, num_particles=None, temperature=None, num_pairs=None, **options):
-    """The ELBO of estimator ``name`` (see :data:`ESTIMATORS`).
+    """The ELBO of estimator ``name`` (see :data:`ESTIMATORS`), with the class's own defaults
+    for every option not given.
 
     :param str name: the estimator's name.
-    :param int num_particles: for the estimators that take it (default: theirs); with more
-        than one particle, ``vectorize_particles`` defaults to True.
-    :param float temperature: for the estimators that take it (default: theirs; ``st``'s is
+    :param int num_particles: particles (default: the estimator's; the fixed-cost estimators
+        average ``num_particles`` independent estimates).
+    :param float temperature: for the estimators that take one (default: theirs; ``st``'s is
         the guide's, not the ELBO's, and is not passed).
     :param int num_pairs: antithetic pairs, for the coupled estimators.
-    :param options: passed to the ELBO's constructor (e.g. ``max_plate_nesting``).
+    :param options: passed to the ELBO's constructor (e.g. ``max_plate_nesting``,
+        ``vectorize_particles``).
     :raises ValueError: for an unknown name, or an option the estimator does not take.
     """
     if name not in ESTIMATORS:
         raise ValueError("estimator: unknown name {!r}; choose from {}".format(
             name, ", ".join(ESTIMATORS)))
     e = ESTIMATORS[name]
-    if num_particles is not None and e.num_particles is None:
-        raise ValueError("num_particles: estimator {!r} does not take it (its number of model "
-                         "evaluations per step is fixed by the estimator)".format(name))
     if num_particles is not None and num_particles < e.min_particles:
         raise ValueError("num_particles: estimator {!r} needs num_particles >= {}, got {}".format(
             name, e.min_particles, num_particles))
@@ -127,12 +127,10 @@ def make_elbo(name, num_particles=None, temperature=None, num_pairs=None, **opti
     if num_pairs is not None and not e.num_pairs:
         raise ValueError("num_pairs: estimator {!r} does not take it (only {})".format(
             name, ", ".join(COUPLED_OPTIONS)))
-    if e.num_particles is not None:
-        S = e.num_particles if num_particles is None else num_particles
-        options.setdefault("vectorize_particles", S > 1)
-        options["num_particles"] = S
-    if e.temperature is not None and e.guide != "straight-through":
-        options["temperature"] = e.temperature if temperature is None else temperature
-    if e.num_pairs:
-        options["num_pairs"] = 1 if num_pairs is None else num_pairs
+    if num_particles is not None or e.num_particles is not None:
+        options["num_particles"] = e.num_particles if num_particles is None else num_particles
+    if temperature is not None and e.guide != "straight-through":
+        options["temperature"] = temperature
+    if num_pairs is not None:
+        options["num_pairs"] = num_pairs
     return e.build(**options)

@@ -17,22 +17,22 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
 from pyro.infer.util import torch_item
 from pyro.optim import Adam
 from torch.distributions import constraints
 
-from pyro_relax.infer import ARSM_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo, ReinforceLOO_ELBO, VarGrad_ELBO
 
 ELBOS = {
     # Pyro's own, as a check that every program here is valid for Pyro
-    "trace": lambda **kw: Trace_ELBO(**dict({"num_particles": 2}, **kw)),
-    "rloo": lambda **kw: ReinforceLOO_ELBO(**dict({"num_particles": 2}, **kw)),
-    "vargrad": lambda **kw: VarGrad_ELBO(**dict({"num_particles": 2}, **kw)),
-    "arm": lambda **kw: ARSM_ELBO(**dict({"num_particles": 2}, **kw)),
-    "disarm": lambda **kw: ARSM_ELBO(**dict({"num_particles": 2, "bernoulli": "disarm"}, **kw)),
-    "relax": lambda **kw: RELAX_ELBO(**dict({"num_particles": 2}, **kw)),
-    "relax-neural": lambda **kw: RELAX_ELBO(**dict({"control_variate": "neural"}, **kw)),
+    "trace": lambda **kw: make_elbo("trace", **dict({"num_particles": 2}, **kw)),
+    "rloo": lambda **kw: make_elbo("rloo", **dict({"num_particles": 2}, **kw)),
+    "vargrad": lambda **kw: make_elbo("vargrad", **dict({"num_particles": 2}, **kw)),
+    "arm": lambda **kw: make_elbo("arm", **dict({"num_particles": 2}, **kw)),
+    "disarm": lambda **kw: make_elbo("disarm", **dict({"num_particles": 2}, **kw)),
+    "relax": lambda **kw: make_elbo("relax", **dict({"num_particles": 2}, **kw)),
+    "relax-neural": lambda **kw: make_elbo("relax-neural", **kw),
 }
 
 
@@ -485,9 +485,9 @@ def test_refusal_one_particle_for_leave_one_out(cls):
 @pytest.mark.parametrize("bernoulli", ["arm", "disarm"])
 def test_refusal_non_reparameterizable_continuous_site_for_arsm(bernoulli):
     model, guide, _ = mixed_reparam(False)
-    assert_error(model, guide, ARSM_ELBO(bernoulli=bernoulli), match="'c'.*Normal")
+    assert_error(model, guide, make_elbo("arsm", bernoulli=bernoulli), match="'c'.*Normal")
     # the leave-one-out estimators take it
-    assert_ok(model, guide, ReinforceLOO_ELBO())
+    assert_ok(model, guide, make_elbo("rloo"))
 
 
 # ------------------------------------------------------------------ invalid programs

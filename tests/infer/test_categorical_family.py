@@ -19,7 +19,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_relax.infer import ARS, ARSM_ELBO, ARSMPlus, ARSPlus, DisARM_IW, DisARM_SB, DisARM_Tree
+import pyro_relax.infer.coupled as coupled
+from pyro_relax.infer import (
+    ARS, ARSM_ELBO, ARSMPlus, ARSPlus, DisARM_IW, DisARM_SB, DisARM_Tree, make_elbo,
+)
 from pyro_relax.infer.coupled import CategoricalTree, coupled_log_weight, tree_gradient
 from pyro_relax.infer.pseudo_actions import SwapTable
 
@@ -247,7 +250,7 @@ def _elbo(option, **kwargs):
     option, _, pairs = option.partition(":")
     if pairs:
         kwargs["num_pairs"] = int(pairs)
-    return ARSM_ELBO(categorical=option, **kwargs)
+    return make_elbo(option, **kwargs)
 
 
 @pytest.mark.parametrize(

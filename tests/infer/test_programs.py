@@ -7,19 +7,19 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
 from pyro.optim import Adam
 
-from pyro_relax.infer import ARSM_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo
 
 from .exact import param_leaves
 
 ELBOS = {
-    "rloo": lambda: ReinforceLOO_ELBO(num_particles=2),
-    "rloo-vectorized": lambda: ReinforceLOO_ELBO(num_particles=3, vectorize_particles=True),
-    "vargrad": lambda: VarGrad_ELBO(num_particles=2),
-    "arm": lambda: ARSM_ELBO(),
-    "disarm": lambda: ARSM_ELBO(bernoulli="disarm", num_particles=2),
+    "rloo": lambda: make_elbo("rloo", num_particles=2),
+    "rloo-vectorized": lambda: make_elbo("rloo", num_particles=3, vectorize_particles=True),
+    "vargrad": lambda: make_elbo("vargrad", num_particles=2),
+    "arm": lambda: make_elbo("arm"),
+    "disarm": lambda: make_elbo("disarm", num_particles=2),
 }
 
 
@@ -51,7 +51,7 @@ def _observed_only():
     ids=["empty", "observed-only", "factor-guide", "factor-guide-rsample"],
 )
 def test_programs_without_latents_return_what_trace_elbo_returns(name, model, guide):
-    expected = Trace_ELBO().loss(model, guide)
+    expected = make_elbo("trace").loss(model, guide)
     elbo = ELBOS[name]()
     assert elbo.loss(model, guide) == pytest.approx(expected, abs=1e-12)
     assert elbo.loss_and_grads(model, guide) == pytest.approx(expected, abs=1e-12)
@@ -135,7 +135,7 @@ def test_sequential_particles_share_the_minibatch():
             if msg["name"] == "data":
                 indices.append(msg["value"].clone())
 
-    elbo = ReinforceLOO_ELBO(num_particles=3)
+    elbo = make_elbo("rloo", num_particles=3)
     with Record():
         elbo.loss_and_grads(model, guide)
     assert len(indices) == 6  # guide and model, for each of 3 particles
@@ -146,13 +146,13 @@ def test_sequential_particles_share_the_minibatch():
 def test_minibatch_baseline_variance_sequential_matches_vectorized():
     model, guide = _minibatch_program()
     pyro.set_rng_seed(1)
-    sequential = _summed_grad_variance(ReinforceLOO_ELBO(num_particles=2), model, guide)
+    sequential = _summed_grad_variance(make_elbo("rloo", num_particles=2), model, guide)
     vectorized = _summed_grad_variance(
-        ReinforceLOO_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1),
+        make_elbo("rloo", num_particles=2, vectorize_particles=True, max_plate_nesting=1),
         model,
         guide,
     )
-    no_baseline = _summed_grad_variance(Trace_ELBO(num_particles=2), model, guide)
+    no_baseline = _summed_grad_variance(make_elbo("trace", num_particles=2), model, guide)
     assert sequential < 2.0 * vectorized, (sequential, vectorized)
     # the comparison has power: without a working per-datapoint baseline the variance is
     # orders of magnitude larger
@@ -268,7 +268,7 @@ def _ss_vae(num_classes=10, z_dim=4, hidden=32, pixels=64):
 
 SS_ELBOS = dict(
     ELBOS,
-    **{"arsm-one-at-a-time": lambda: ARSM_ELBO(vectorize_alternatives=False)},
+    **{"arsm-one-at-a-time": lambda: make_elbo("arsm", vectorize_alternatives=False)},
 )
 
 
@@ -345,7 +345,7 @@ def _air_like(num_steps=3, dim=6, what_dim=2):
 
 AIR_ELBOS = dict(
     ELBOS,
-    **{"disarm-one-at-a-time": lambda: ARSM_ELBO(bernoulli="disarm", vectorize_alternatives=False)},
+    **{"disarm-one-at-a-time": lambda: make_elbo("disarm", vectorize_alternatives=False)},
 )
 
 

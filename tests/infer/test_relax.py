@@ -15,7 +15,7 @@ from pyro_relax.distributions import (
     RelaxedBernoulliConditioned,
     RelaxedOneHotCategoricalConditioned,
 )
-from pyro_relax.infer import REBAR_ELBO, RELAX_ELBO
+from pyro_relax.infer import make_elbo, REBAR_ELBO, RELAX_ELBO
 from pyro_relax.infer.relaxation import RebarCoupling
 
 from . import cases
@@ -24,12 +24,12 @@ from .exact import check_unbiased, param_leaves
 NUM_SAMPLES = 600
 
 ESTIMATORS = {
-    "relax": lambda: RELAX_ELBO(),
-    "rebar": lambda: REBAR_ELBO(),
-    "neural": lambda: RELAX_ELBO(control_variate="neural"),
-    "relax2-vectorized": lambda: RELAX_ELBO(num_particles=2, vectorize_particles=True),
-    "rebar2-sequential": lambda: REBAR_ELBO(num_particles=2),
-    "relax-one-at-a-time": lambda: RELAX_ELBO(vectorize_alternatives=False),
+    "relax": lambda: make_elbo("relax"),
+    "rebar": lambda: make_elbo("rebar"),
+    "neural": lambda: make_elbo("relax-neural"),
+    "relax2-vectorized": lambda: make_elbo("relax", num_particles=2, vectorize_particles=True),
+    "rebar2-sequential": lambda: make_elbo("rebar", num_particles=2),
+    "relax-one-at-a-time": lambda: make_elbo("relax", vectorize_alternatives=False),
 }
 RELAXABLE = [
     "vector_bernoulli",
@@ -235,7 +235,7 @@ def test_variance_gradient_reaches_only_the_control_variate(estimator, case):
 
 def test_differentiable_loss_carries_the_variance_gradient():
     model, guide, args = cases.ALL["vector_bernoulli"]()
-    elbo = RELAX_ELBO()
+    elbo = make_elbo("relax")
     _grads(elbo, model, guide, args, 0)
     expected = _grads(elbo, model, guide, args, 3)
     for p in param_leaves().values():
@@ -274,7 +274,7 @@ def test_param_store_round_trip_resumes_bit_identically(tmp_path):
     torch.manual_seed(0)
     model, guide = program()
     optim = Adam({"lr": 0.01})
-    svi = SVI(model, guide, optim, RELAX_ELBO(hidden_dims=(8,)))
+    svi = SVI(model, guide, optim, make_elbo("relax", hidden_dims=(8,)))
     run(svi, 10)
     pyro.get_param_store().save(tmp_path / "params.pt")
     optim.save(tmp_path / "optim.pt")
@@ -289,7 +289,7 @@ def test_param_store_round_trip_resumes_bit_identically(tmp_path):
     optim = Adam({"lr": 0.01})
     optim.load(tmp_path / "optim.pt")
     pyro.util.set_rng_state(rng)
-    svi = SVI(model, guide, optim, RELAX_ELBO(hidden_dims=(8,)))  # a fresh control variate
+    svi = SVI(model, guide, optim, make_elbo("relax", hidden_dims=(8,)))  # a fresh control variate
     run(svi, 10)
     resumed = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     assert set(resumed) == set(straight)
@@ -335,7 +335,7 @@ def test_relaxed_evaluation_refuses_programs_not_differentiable_in_it(kind, case
     """A relaxed value pushed through .item(), NumPy, argmax or a comparison would make the
     control variate a step function of z: the estimate would be silently biased. Refused."""
     model, guide, args = case()
-    elbo = RELAX_ELBO(control_variate=kind)
+    elbo = make_elbo("relax", control_variate=kind)
     with pytest.raises(ValueError, match=match):
         for _ in range(20):
             elbo.loss_and_grads(model, guide, *args)
@@ -345,7 +345,7 @@ def test_relaxed_evaluation_refuses_programs_not_differentiable_in_it(kind, case
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), "hot"])
 def test_non_positive_temperature(temperature):
     with pytest.raises(ValueError, match="temperature"):
-        RELAX_ELBO(temperature=temperature)
+        make_elbo("relax", temperature=temperature)
     with pytest.raises(ValueError, match="temperature"):
         RelaxedBernoulliConditioned(temperature if not isinstance(temperature, str) else -1.0, logits=torch.zeros(2))
 
@@ -354,7 +354,7 @@ def test_non_positive_temperature(temperature):
 def test_relaxing_a_categorical_index_is_refused(kind):
     model, guide, args = cases.ALL["categorical"]()
     with pytest.raises(ValueError, match=r"'z'.*index.*'neural'.*OneHotCategorical"):
-        RELAX_ELBO(control_variate=kind).loss_and_grads(model, guide, *args)
+        make_elbo("relax", control_variate=kind).loss_and_grads(model, guide, *args)
 
 
 def test_user_control_variate_with_the_wrong_shape_names_both_shapes():
@@ -365,7 +365,7 @@ def test_user_control_variate_with_the_wrong_shape_names_both_shapes():
 
     model, guide, args = cases.ALL["vector_bernoulli"]()
     with pytest.raises(ValueError, match=r"'b'.*shape \(3,\).*shape \(\)"):
-        RELAX_ELBO(control_variate=Wrong()).loss_and_grads(model, guide, *args)
+        make_elbo("relax", control_variate=Wrong()).loss_and_grads(model, guide, *args)
 
 
 def test_user_control_variate_mixing_cells_is_refused():
@@ -376,7 +376,7 @@ def test_user_control_variate_mixing_cells_is_refused():
 
     model, guide, args = cases.ALL["plate_bernoulli"]()
     with pytest.raises(ValueError, match="other cells"):
-        RELAX_ELBO(control_variate=Mixing()).loss_and_grads(model, guide, *args)
+        make_elbo("relax", control_variate=Mixing()).loss_and_grads(model, guide, *args)
 
 
 @pytest.mark.parametrize(
@@ -391,13 +391,13 @@ def test_user_control_variate_mixing_cells_is_refused():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        RELAX_ELBO(**kwargs)
+        make_elbo("relax", **kwargs)
 
 
 def test_unsupported_site_is_named():
     model, guide, args = cases.ALL["poisson"]()
     with pytest.raises(ValueError, match=r"'n'.*Poisson"):
-        RELAX_ELBO().loss_and_grads(model, guide, *args)
+        make_elbo("relax").loss_and_grads(model, guide, *args)
 
 
 # ------------------------------------------------------------------ the control-variate module
@@ -436,7 +436,7 @@ def test_a_network_shared_by_two_sites_gets_the_variance_gradient_once():
 
 def test_the_control_variates_are_one_module_and_the_param_store_holds_its_tensors():
     model, guide, args = cases.ALL["two_sites_one_hot"]()
-    elbo = RELAX_ELBO(hidden_dims=(4,))
+    elbo = make_elbo("relax", hidden_dims=(4,))
     elbo.loss_and_grads(model, guide, *args)
     module = elbo.control_variates
     store = dict(pyro.get_param_store().named_parameters())

@@ -6,22 +6,22 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
 from pyro.optim import Adam
 from torch.distributions import constraints
 
-from pyro_relax.infer import ARSM_ELBO, RELAX_ELBO, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import make_elbo
 
 from . import cases
 from .exact import init_params, param_leaves
 
 ELBOS = {
-    "loo": lambda: ReinforceLOO_ELBO(num_particles=4, vectorize_particles=True),
-    "vargrad": lambda: VarGrad_ELBO(num_particles=4, vectorize_particles=True),
-    "arm": lambda: ARSM_ELBO(num_particles=2, vectorize_particles=True),
-    "disarm": lambda: ARSM_ELBO(bernoulli="disarm"),
+    "loo": lambda: make_elbo("rloo", num_particles=4, vectorize_particles=True),
+    "vargrad": lambda: make_elbo("vargrad", num_particles=4, vectorize_particles=True),
+    "arm": lambda: make_elbo("arm", num_particles=2, vectorize_particles=True),
+    "disarm": lambda: make_elbo("disarm"),
     # "neural": the control variate that also takes Categorical (index) sites
-    "relax": lambda: RELAX_ELBO(control_variate="neural", num_particles=2, vectorize_particles=True),
+    "relax": lambda: make_elbo("relax-neural", num_particles=2, vectorize_particles=True),
 }
 
 
@@ -84,7 +84,7 @@ def test_differentiable_loss_matches_loss_and_grads(name, case):
 def test_elbo_module_interface():
     model, guide, args = cases.plate_bernoulli()
     init_params(model, guide, *args)
-    module = ReinforceLOO_ELBO(num_particles=2)(model, guide)
+    module = make_elbo("rloo", num_particles=2)(model, guide)
     loss = module(*args)
     assert loss.requires_grad and loss.dim() == 0
     loss.backward()
@@ -110,11 +110,11 @@ def _continuous_case():
 @pytest.mark.parametrize(
     "ours,theirs",
     [
-        (lambda: ReinforceLOO_ELBO(num_particles=2), lambda: Trace_ELBO(num_particles=2)),
-        (lambda: ARSM_ELBO(), lambda: Trace_ELBO()),
+        (lambda: make_elbo("rloo", num_particles=2), lambda: make_elbo("trace", num_particles=2)),
+        (lambda: make_elbo("arm"), lambda: make_elbo("trace")),
         (
-            lambda: ARSM_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
-            lambda: Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+            lambda: make_elbo("arsm", num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+            lambda: make_elbo("trace", num_particles=3, vectorize_particles=True, max_plate_nesting=1),
         ),
     ],
     ids=["loo", "arsm", "arsm-vectorized"],
@@ -146,7 +146,7 @@ def test_vargrad_is_the_gradient_of_half_the_log_ratio_variance():
     num_particles = 5
 
     pyro.set_rng_seed(11)
-    VarGrad_ELBO(num_particles=num_particles).loss_and_grads(model, guide)
+    make_elbo("vargrad", num_particles=num_particles).loss_and_grads(model, guide)
     ours = {k: p.grad.clone() for k, p in params.items()}
 
     pyro.set_rng_seed(11)
@@ -176,7 +176,7 @@ def test_loss_is_negative_elbo_estimate():
     expected = -(
         torch.log(torch.tensor(0.1)) + dist.Normal(mu0, 1.0).log_prob(torch.tensor(0.8))
     ).item()
-    for elbo in [ReinforceLOO_ELBO(num_particles=3), VarGrad_ELBO(num_particles=2), ARSM_ELBO()]:
+    for elbo in [make_elbo("rloo", num_particles=3), make_elbo("vargrad", num_particles=2), make_elbo("arsm")]:
         assert elbo.loss(model, guide) == pytest.approx(expected, abs=1e-6)
         assert elbo.loss_and_grads(model, guide) == pytest.approx(expected, abs=1e-6)
 

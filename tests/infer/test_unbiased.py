@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro.distributions as dist
-from pyro_relax.infer import ARSM, ARSM_ELBO, Alternatives, DisARM, ReinforceLOO_ELBO, VarGrad_ELBO
+from pyro_relax.infer import Alternatives, ARSM, ARSM_ELBO, DisARM, make_elbo, ReinforceLOO_ELBO
 from pyro_relax.infer.pseudo_actions import SwapTable
 
 from . import cases
@@ -16,15 +16,13 @@ from .exact import check_unbiased
 NUM_SAMPLES = 600
 
 ESTIMATORS = {
-    "loo3": lambda: ReinforceLOO_ELBO(num_particles=3),
-    "loo3-vectorized": lambda: ReinforceLOO_ELBO(num_particles=3, vectorize_particles=True),
-    "vargrad2": lambda: VarGrad_ELBO(num_particles=2),
-    "vargrad3-vectorized": lambda: VarGrad_ELBO(num_particles=3, vectorize_particles=True),
-    "arm": lambda: ARSM_ELBO(),
-    "disarm2-vectorized": lambda: ARSM_ELBO(
-        num_particles=2, vectorize_particles=True, bernoulli="disarm"
-    ),
-    "disarm-one-at-a-time": lambda: ARSM_ELBO(bernoulli="disarm", vectorize_alternatives=False),
+    "loo3": lambda: make_elbo("rloo", num_particles=3),
+    "loo3-vectorized": lambda: make_elbo("rloo", num_particles=3, vectorize_particles=True),
+    "vargrad2": lambda: make_elbo("vargrad", num_particles=2),
+    "vargrad3-vectorized": lambda: make_elbo("vargrad", num_particles=3, vectorize_particles=True),
+    "arm": lambda: make_elbo("arm"),
+    "disarm2-vectorized": lambda: make_elbo("disarm", num_particles=2, vectorize_particles=True),
+    "disarm-one-at-a-time": lambda: make_elbo("disarm", vectorize_alternatives=False),
 }
 VECTORIZED = {"loo3-vectorized", "vargrad3-vectorized", "disarm2-vectorized"}
 
@@ -127,7 +125,7 @@ class _StaleAlternatives(Alternatives):
 )
 def test_power_downstream_sites_not_redrawn(case):
     model, guide, args = cases.ALL[case]()
-    ok, report = check_unbiased(ARSM_ELBO(alternatives=_StaleAlternatives()), model, guide,
+    ok, report = check_unbiased(make_elbo("arsm", alternatives=_StaleAlternatives()), model, guide,
                                 NUM_SAMPLES, *args)
     assert not ok, "the harness failed to detect stale downstream sites:\n" + report
 
@@ -147,7 +145,7 @@ def test_independence_is_not_cached_across_calls():
         shift = 4.0 * (2.0 * z1 - 1.0) if dependent else 0.0
         pyro.sample("z2", dist.Bernoulli(logits=theta[1] + shift))
 
-    elbo = ARSM_ELBO(bernoulli="disarm")
+    elbo = make_elbo("disarm")
     elbo.loss_and_grads(model, guide, False)
     ok, report = check_unbiased(elbo, model, guide, NUM_SAMPLES, True)
     assert ok, report

@@ -16,7 +16,8 @@ import pyro
 import pytest
 import torch
 
-from models import bernoulli_vae, categorical_vae, sigmoid_belief_net, ss_vae, vae_common
+from models import bernoulli_vae, categorical_vae, sigmoid_belief_net, ss_vae
+from models import vae as vaes
 from models.data import binarize, load_binarized_fashion_mnist, read_idx, write_idx
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +47,7 @@ PAIRS = [(name, estimator, []) for name in MODULES for estimator in CLASSES[name
 PAIRS += [(name, "st", ["--st-prior", "relaxed"]) for name in MODULES]
 #: the coupled categorical estimators with two antithetic pairs
 PAIRS += [(name, e, ["--num-pairs", "2"]) for name in ("categorical_vae", "ss_vae")
-          for e in vae_common.COUPLED]
+          for e in vaes.COUPLED]
 STEPS = 60
 
 
@@ -155,13 +156,13 @@ def test_model_evaluations_per_step(digits_dir):
 def test_categorical_estimators_are_selectable_with_their_evaluations(digits_dir):
     """The ARM family and the coupled estimators of ARSM_ELBO(categorical=...) in the
     categorical VAE: each is the ELBO it names, and costs what its docstring says."""
-    assert set(vae_common.ARSM_CATEGORICAL) <= set(categorical_vae.CategoricalVAE.estimators)
-    assert set(vae_common.ARSM_CATEGORICAL) <= set(ss_vae.SSVAE.estimators)
-    assert not set(vae_common.ARSM_CATEGORICAL) & set(bernoulli_vae.BernoulliVAE.estimators)
-    for e in vae_common.ARSM_CATEGORICAL:
-        elbo = vae_common.make_elbo(e, num_pairs=3 if e in vae_common.COUPLED else None)
+    assert set(vaes.ARSM_CATEGORICAL) <= set(categorical_vae.CategoricalVAE.estimators)
+    assert set(vaes.ARSM_CATEGORICAL) <= set(ss_vae.SSVAE.estimators)
+    assert not set(vaes.ARSM_CATEGORICAL) & set(bernoulli_vae.BernoulliVAE.estimators)
+    for e in vaes.ARSM_CATEGORICAL:
+        elbo = vaes.make_elbo(e, num_pairs=3 if e in vaes.COUPLED else None)
         assert (elbo.categorical.name, elbo.num_pairs, elbo.max_plate_nesting) == (
-            e, 3 if e in vae_common.COUPLED else 1, 1)
+            e, 3 if e in vaes.COUPLED else 1, 1)
     got = {}
     for e, extra in [("ar", []), ("disarm-iw", []), ("disarm-tree", ["--num-pairs", "2"]),
                      ("arsm", [])]:
@@ -179,10 +180,10 @@ def test_categorical_estimators_are_selectable_with_their_evaluations(digits_dir
 def test_protocols_and_per_parameter_optimizer(digits_dir):
     args = _args("bernoulli_vae", digits_dir, "--protocol", "disarm", "--estimator", "rloo",
                  "--num-steps", "2")
-    data = vae_common.load_data(args)
+    data = vaes.load_data(args)
     bernoulli_vae.apply_protocol(args)
     assert (args.arch, args.prior, args.learning_rate) == ("linear", "learned", 0.01)
-    experiment = vae_common.Experiment("bernoulli_vae", bernoulli_vae.build, args, data, 2, None)
+    experiment = vaes.Experiment("bernoulli_vae", bernoulli_vae.build, args, data, 2, None)
     experiment.train(2, progress=False)
     store = pyro.get_param_store()
     kinds = {store.param_name(p): type(o).__name__ for p, o in experiment.optim.optim_objs.items()}

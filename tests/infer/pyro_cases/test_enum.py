@@ -22,9 +22,7 @@ from torch.distributions import constraints, kl_divergence
 import pyro
 import pyro.distributions as dist
 from pyro.distributions.testing.rejection_gamma import ShapeAugmentedGamma
-from pyro.infer import config_enumerate
 from pyro.infer.importance import vectorized_importance_weights
-from pyro.infer.traceenum_elbo import TraceEnum_ELBO
 from pyro.ops.indexing import Vindex
 
 from pyro_relax.testing import exact_loss
