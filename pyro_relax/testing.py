@@ -269,10 +269,15 @@ def check_unbiased(elbo, model, guide, num_samples, *args, num_se=4.0, loss_fn=e
         se = g.std(0) / math.sqrt(num_samples)
         err = (mean - exact[name]).abs()
         bad = err > num_se * se + 1e-9
-        z = (err / se.clamp(min=1e-30)).max().item()
-        lines.append("{}: exact={} mean={} se={} max|z|={:.2f}".format(
+        varies = se > 0
+        z = (err[varies] / se[varies]).max().item() if bool(varies.any()) else 0.0
+        exact_part = ""
+        if not bool(varies.all()):  # elements the estimator gets without noise
+            exact_part = " (zero-variance elements: max|mean - exact|={:.1e})".format(
+                err[~varies].max().item())
+        lines.append("{}: exact={} mean={} se={} max|z|={:.2f}{}".format(
             name, exact[name].flatten().tolist(), mean.flatten().tolist(),
-            se.flatten().tolist(), z))
+            se.flatten().tolist(), z, exact_part))
         if bad.any():
             ok = False
     return ok, "\n".join(lines)

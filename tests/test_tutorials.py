@@ -223,7 +223,25 @@ def check_extending(nb):
     assert costs[:4] == [1, 1, 1, 3]
 
 
+def check_writing_an_estimator(nb):
+    def verdicts(tag):
+        return {line.split()[0]: line.split()[1] for line in text(tagged(nb, tag)).splitlines()
+                if line.split() and line.split()[1] in ("unbiased", "BIASED")}
+
+    programs = {"one_categorical", "dependent", "coupled_plate"}
+    assert verdicts("proof-baseline") == dict.fromkeys(programs, "unbiased")
+    assert verdicts("wrong-baseline") == {"one_categorical": "BIASED"}
+    assert verdicts("proof-local") == dict.fromkeys(programs, "unbiased")
+    assert verdicts("wrong-joint") == {"coupled_plate": "BIASED", "one_categorical": "unbiased"}
+    rows = {line.split()[0]: number_before(line.split("Var[grad phi]")[1], "|")
+            for line in lines_with(text(tagged(nb, "training")), "Var[grad phi]")}
+    assert set(rows) == {"Trace_ELBO", "ReinforceLOO_ELBO(2)", "MovingAverageREINFORCE",
+                         "LocalExpectation"}
+    assert all(v > 0 for v in rows.values())
+
+
 CHECKS = {
+    "writing_an_estimator.ipynb": check_writing_an_estimator,
     "permutations.ipynb": check_permutations,
     "swapping_elbos.ipynb": check_swapping_elbos,
     "bernoulli_vae.ipynb": check_bernoulli_vae,
