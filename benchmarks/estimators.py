@@ -150,6 +150,8 @@ def _label(estimator, elbo):
         return f"{name}(categorical='{estimator}'{pairs})"
     if estimator in vaes.PARTICLES:
         name = f"{name}({elbo.num_particles})"
+    if estimator == "relax-neural":
+        name = f"{name}(control_variate='neural')"
     return name + (" + straight-through guide" if estimator == "st" else "")
 
 
