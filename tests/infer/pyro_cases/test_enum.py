@@ -30,7 +30,6 @@ from pyro_relax.testing import exact_loss
 from .common import ELBOS, check_mc, make_small as make
 
 logger = logging.getLogger(__name__)
-pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("scale", [1, 10])

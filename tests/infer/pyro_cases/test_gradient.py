@@ -25,7 +25,6 @@ from pyro.optim import Adam
 from .common import ELBOS, assert_equal, make
 
 logger = logging.getLogger(__name__)
-pytestmark = pytest.mark.slow
 
 
 def _differentiable(name):
