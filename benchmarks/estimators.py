@@ -53,7 +53,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np

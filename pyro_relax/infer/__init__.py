@@ -5,8 +5,9 @@ from .arm import ARM, DisARM
 from .arsm import ARSM_ELBO
 from .control_variates import ControlVariateMLP, ControlVariates
 from .coupled_family import DisARM_IW, DisARM_SB, DisARM_Tree
-from .discrete_elbo import DiscreteELBO
+from .discrete_elbo import DiscreteELBO, DiscreteELBOModule
 from .particle import Particle
+from .particle_elbo import ParticleELBO
 from .reinforce_loo import ReinforceLOO_ELBO
 from .registry import ESTIMATORS, Estimator, estimators_for, make_elbo
 from .relax import REBAR_ELBO, RELAX_ELBO
@@ -32,9 +33,11 @@ __all__ = [
     "DisARM_SB",
     "DisARM_Tree",
     "DiscreteELBO",
+    "DiscreteELBOModule",
     "ESTIMATORS",
     "Estimator",
     "Particle",
+    "ParticleELBO",
     "ProgramError",
     "REBAR_ELBO",
     "RELAX_ELBO",

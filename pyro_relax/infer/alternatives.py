@@ -75,6 +75,18 @@ class Alternatives:
         self.rows_scored = {}
         self._calls = 0
 
+    def state_dict(self):
+        """The engine's bookkeeping (calls, evaluations, the batched / one-at-a-time
+        decision), to checkpoint with the model: a resumed run then checks broadcasting on the
+        calls an uninterrupted run checks."""
+        return {"calls": self._calls, "num_evaluations": self.num_evaluations,
+                "one_at_a_time": self.one_at_a_time}
+
+    def load_state_dict(self, state):
+        self._calls = state["calls"]
+        self.num_evaluations = state["num_evaluations"]
+        self.one_at_a_time = state["one_at_a_time"]
+
     # ------------------------------------------------------------------ structure
     @staticmethod
     def site_order(particle):

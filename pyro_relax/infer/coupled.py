@@ -60,7 +60,6 @@ class CategoricalTree:
             raise ValueError("CategoricalTree: kind must be 'sb' or 'tree', got {!r}".format(kind))
         self.num_categories, self.kind = C, kind
         nodes = []  # (lo, mid, hi), breadth first
-        children = []
         queue = [(0, C)]
         while queue:
             lo, hi = queue.pop(0)

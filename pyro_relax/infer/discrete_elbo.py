@@ -1,22 +1,19 @@
 """The estimator core shared by every ELBO in :mod:`pyro_relax.infer`."""
 
-import numbers
-import warnings
-
 import torch
-from pyro.infer.elbo import ELBO
-from pyro.infer.util import is_validation_enabled, torch_item
-from pyro.util import check_if_enumerated, warn_if_nan
+from pyro.infer.elbo import ELBOModule
+from pyro.infer.util import torch_item
+from pyro.util import warn_if_nan
 
 from .alternatives import Alternatives
-from .particle import Particle, SiteSampler, run_particle
+from .particle_elbo import ParticleELBO
 from .surrogates import leave_one_out_surrogate, pathwise_surrogate, score_function_sites
 from .util import leave_one_out_centered
 
-__all__ = ["DiscreteELBO"]
+__all__ = ["DiscreteELBO", "DiscreteELBOModule"]
 
 
-class DiscreteELBO(ELBO):
+class DiscreteELBO(ParticleELBO):
     """Base class of the discrete-latent ELBOs. It runs guide and model with ``num_particles``
     particles (as a tensor dimension when ``vectorize_particles=True``) through Pyro's own
     :func:`~pyro.infer.enum.get_importance_trace`, so every guide style Pyro supports works
@@ -68,49 +65,73 @@ class DiscreteELBO(ELBO):
     def __init__(self, num_particles=None, max_plate_nesting=float("inf"),
                  vectorize_particles=False, strict_enumeration_warning=True, retain_graph=None,
                  vectorize_alternatives=None, alternatives=None):
-        if num_particles is None:
-            num_particles = max(1, self.min_particles)
-        if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
-            raise ValueError("num_particles: expected an int, got {!r}".format(num_particles))
-        if int(num_particles) < self.min_particles:
-            raise ValueError("num_particles: {} needs num_particles >= {}, got {}".format(
-                type(self).__name__, self.min_particles, num_particles))
-        if max_plate_nesting != float("inf"):
-            if isinstance(max_plate_nesting, bool) or not isinstance(
-                    max_plate_nesting, numbers.Integral) or max_plate_nesting < 0:
-                raise ValueError("max_plate_nesting: expected a non-negative int, got {!r}"
-                                 .format(max_plate_nesting))
-            max_plate_nesting = int(max_plate_nesting)
         if alternatives is not None and not isinstance(alternatives, Alternatives):
             raise ValueError("alternatives: expected an Alternatives engine, got {!r}"
                              .format(alternatives))
-        super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles,
                          strict_enumeration_warning=strict_enumeration_warning,
                          retain_graph=retain_graph)
         #: the engine that scores alternative values of guide sites
         self.alternatives = alternatives or Alternatives(vectorize_alternatives)
-        self._particle_evaluations = 0
-        self._warned_baseline = set()
+        #: steps taken (calls of ``loss_and_grads`` / ``differentiable_loss`` with gradients)
+        self.num_steps = 0
 
     @property
     def num_model_evaluations(self):
         """Model evaluations so far, counted per particle: the particles' own runs plus the
         alternatives the engine scored (a diagnostic for benchmarks)."""
-        return self._particle_evaluations + self.alternatives.num_evaluations
+        return self.num_particle_evaluations + self.alternatives.num_evaluations
 
     @property
     def vectorize_alternatives(self):
         """The engine's ``vectorize`` setting."""
         return self.alternatives.vectorize
 
-    # ------------------------------------------------------------------ extension points
-    def sample_site(self, name, fn):
-        """Draws a guide site's value (called for non-reparameterizable sites). Return
-        ``(value, noise)`` to set the value (``noise`` is stored in
-        :attr:`Particle.noise <pyro_relax.infer.Particle>`), or ``None`` for ``fn.sample()``."""
+    # ------------------------------------------------------------------ trainable state
+    def trainable_state(self):
+        """The estimator's own trainable state as a :class:`torch.nn.Module` (RELAX's control
+        variates), or None. :meth:`__call__`'s module registers it, so that its
+        ``parameters()``, ``state_dict()``, DDP and checkpoints see it."""
         return None
 
+    def setup(self, model, guide, *args, **kwargs):
+        """Creates everything the estimator would create on its first step (its trainable
+        state, and the program's parameters) from one run of guide and model on example
+        arguments, stepping nothing. Call it before building an optimizer over
+        :meth:`__call__`'s module's ``parameters()`` (or before wrapping it in DDP).
+
+        :returns: ``self``.
+        """
+        self.require_max_plate_nesting(model, guide, args, kwargs)
+        with torch.no_grad():
+            self.create_state(list(self._get_traces(model, guide, args, kwargs)))
+        return self
+
+    def state_dict(self):
+        """The estimator's bookkeeping (steps, model evaluations, the engine's), plain numbers
+        to checkpoint beside the trainable state, so that a resumed run does what an
+        uninterrupted one does (e.g. which calls check that the program broadcasts)."""
+        return {"num_steps": self.num_steps,
+                "num_particle_evaluations": self.num_particle_evaluations,
+                "alternatives": self.alternatives.state_dict()}
+
+    def load_state_dict(self, state):
+        self.num_steps = state["num_steps"]
+        self.num_particle_evaluations = state["num_particle_evaluations"]
+        self.alternatives.load_state_dict(state["alternatives"])
+
+    def create_state(self, particles):
+        """Creates the trainable state the estimator needs for ``particles`` (see
+        :meth:`setup`); nothing by default."""
+
+    def __call__(self, model, guide):
+        """A :class:`DiscreteELBOModule`: ``module(*args)`` is
+        ``differentiable_loss(model, guide, *args)``, and its ``parameters()`` are those of
+        model, guide and the estimator's trainable state."""
+        return DiscreteELBOModule(model, guide, self)
+
+    # ------------------------------------------------------------------ extension points
     def redraw_site(self, name, fn, noise):
         """Draws a guide site again under the re-run's distribution ``fn`` (batched over
         alternatives) from the ``noise`` that :meth:`sample_site` recorded, so that an
@@ -167,57 +188,6 @@ class DiscreteELBO(ELBO):
 
         return redraw
 
-    # ------------------------------------------------------------------ running model and guide
-    def sampler(self):
-        """The :class:`~pyro_relax.infer.particle.SiteSampler` a particle's guide runs in."""
-        return SiteSampler(self.sample_site)
-
-    def _get_traces(self, model, guide, args, kwargs):
-        if self.vectorize_particles:
-            if self.max_plate_nesting == float("inf"):
-                self._guess_max_plate_nesting(model, guide, args, kwargs)
-            yield self._get_vectorized_trace(model, guide, args, kwargs)
-            return
-        minibatch = None  # particles in sequence share each subsampled plate's mini-batch
-        for _ in range(self.num_particles):
-            particle = self._get_trace(model, guide, args, kwargs, minibatch)
-            minibatch = particle.minibatch if minibatch is None else minibatch
-            yield particle
-
-    def _get_trace(self, model, guide, args, kwargs, minibatch=None):
-        sampler = self.sampler()
-        model_trace, guide_trace = run_particle(
-            model, guide, args, kwargs, self.max_plate_nesting, sampler, minibatch)
-        if is_validation_enabled():
-            check_if_enumerated(guide_trace)
-        self._warn_baselines(guide_trace)
-        num = self.num_particles if self.vectorize_particles and self.num_particles > 1 else 1
-        self._particle_evaluations += num
-        return Particle(model_trace, guide_trace, sampler.minibatch, model, guide,
-                        sampler.noise, num, args, kwargs)
-
-    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
-        # Pyro's guess runs model and guide once; keep it off the user's random stream, so that
-        # a run resumed from a saved param store and RNG state draws what it would have drawn.
-        with forked_rng():
-            super()._guess_max_plate_nesting(model, guide, args, kwargs)
-
-    def require_max_plate_nesting(self, model, guide, args, kwargs):
-        """Makes ``max_plate_nesting`` known (the engine needs it), guessing it from one run
-        of the user's model and guide if it was not given."""
-        if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
-
-    def _warn_baselines(self, guide_trace):
-        for name, site in guide_trace.nodes.items():
-            if (site["type"] == "sample" and site["infer"].get("baseline")
-                    and name not in self._warned_baseline):
-                self._warned_baseline.add(name)
-                warnings.warn(
-                    "{} ignores infer={{'baseline': ...}} at guide site '{}': that option "
-                    "belongs to TraceGraph_ELBO; this estimator uses its own control "
-                    "variates.".format(type(self).__name__, name), UserWarning)
-
     # ------------------------------------------------------------------ the ELBO interface
     def loss(self, model, guide, *args, **kwargs):
         """Estimates the ``-ELBO``.
@@ -237,14 +207,22 @@ class DiscreteELBO(ELBO):
         particles = list(self._get_traces(model, guide, args, kwargs))
         elbo = sum(_detach(_elbo_sum(p)) for p in particles) / self.num_particles
         surrogate_elbo = self.surrogate_elbo(particles, model, guide, args, kwargs)
+        self.num_steps += 1
         return -elbo, -surrogate_elbo
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """The ``-ELBO`` estimate as a differentiable tensor.
 
         :returns: a tensor whose value is the ``-ELBO`` estimate and whose gradient is the
-            estimator's (``0.0`` for a program with no sites, as :class:`~pyro.infer.Trace_ELBO`).
+            estimator's (``0.0`` for a program with no sites, as :class:`~pyro.infer.Trace_ELBO`);
+            without grad mode (``torch.no_grad()``, ``inference_mode``: a validation step) the
+            ``-ELBO`` estimate alone, no surrogate built.
         """
+        if not torch.is_grad_enabled():
+            particles = list(self._get_traces(model, guide, args, kwargs))
+            loss = -sum(_elbo_sum(p) for p in particles) / self.num_particles
+            warn_if_nan(loss, "loss")
+            return loss
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         warn_if_nan(loss, "loss")
         return loss + (surrogate_loss - _detach(surrogate_loss))
@@ -263,12 +241,6 @@ class DiscreteELBO(ELBO):
         return loss
 
 
-def forked_rng():
-    """Torch's CPU (and initialized CUDA) random state, restored on exit."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    return torch.random.fork_rng(devices=devices)
-
-
 def _elbo_sum(particle):
     """Sum over the particles in ``particle`` of ``log p - log q`` (a float 0.0 for a program
     with no sample sites)."""
@@ -277,3 +249,22 @@ def _elbo_sum(particle):
 
 def _detach(x):
     return x.detach() if torch.is_tensor(x) else x
+
+
+class DiscreteELBOModule(ELBOModule):
+    """Pyro's :class:`~pyro.infer.elbo.ELBOModule` (``module(*args)`` is the ELBO's
+    ``differentiable_loss(model, guide, *args)``) with the estimator's trainable state
+    registered as the submodule ``estimator_state`` (see
+    :meth:`DiscreteELBO.trainable_state`): an optimizer over ``parameters()``, DDP's gradient
+    averaging and ``state_dict()`` checkpoints include it.
+
+    :param model: the model (a :class:`torch.nn.Module` for its parameters to be included).
+    :param guide: the guide (likewise).
+    :param DiscreteELBO elbo: the estimator.
+    """
+
+    def __init__(self, model, guide, elbo):
+        super().__init__(model, guide, elbo)
+        state = elbo.trainable_state()
+        if state is not None:
+            self.estimator_state = state

@@ -1,5 +1,30 @@
-"""RELAX and REBAR: control variates from the continuous relaxation, trained by their own
-variance gradient."""
+r"""RELAX and REBAR: control variates from the continuous relaxation, trained by their own
+variance gradient (:class:`RELAX_ELBO`, :class:`REBAR_ELBO`).
+
+**Training the control variate.** Every site's :math:`\eta` (init ``eta``), :math:`\lambda`
+(init ``temperature``, or the ``temperature`` of a
+:class:`~pyro_relax.distributions.RelaxedBernoulliConditioned` site) and network live in
+one module, ``elbo.control_variates`` (:class:`~pyro_relax.infer.ControlVariates`), whose
+tensors are also Pyro parameters ``"{prefix}.{site}.eta"``, ``"{prefix}.{site}.temperature"``,
+``"{prefix}.{site}.net"`` (a shared user network: ``"{prefix}.net"``), so SVI's optimizer
+steps them and the param store saves them; ``elbo(model, guide)`` is a module whose
+``parameters()`` and ``state_dict()`` include them (:class:`~pyro_relax.infer.DiscreteELBOModule`).
+Their gradient is that of the squared estimate :math:`\sum \hat g_\alpha^2 / \mathrm{scale}`
+over the per-cell logits (the single-sample variance objective up to a term that does not
+depend on them; the cheap choice: the reference VAE code squares the encoder-parameter
+gradient, which costs a double backward through the encoder), taken with
+``create_graph=True`` and given to those parameters only: the guide's and model's gradients
+are exactly the estimator's. ``differentiable_loss`` carries it as a term whose value is zero
+and whose gradient vanishes for every other parameter.
+
+**Mini-batches and processes.** Like the learning signal, the network's output is multiplied
+by the site's scale (a subsampled plate's ``N / B``, ``poutine.scale``), and the variance
+objective divides each cell's square by it, so that a mini-batch's objective estimates the
+full data's and, under DDP, the average over processes is the full batch's. Call
+``elbo.setup(model, guide, *args)`` (:meth:`~pyro_relax.infer.DiscreteELBO.setup`) before
+building the optimizer and wrapping the module in DDP: a control variate created later,
+under ``torch.distributed``, is an error.
+"""
 
 import numbers
 from collections import OrderedDict
@@ -64,21 +89,7 @@ class RELAX_ELBO(DiscreteELBO):
     evaluations (``1`` for ``"neural"``). The score part of a partially reparameterized site
     gets REINFORCE (:meth:`DiscreteELBO.score_function_surrogate`).
 
-    **Training the control variate.** Every site's :math:`\eta` (init ``eta``), :math:`\lambda`
-    (init ``temperature``, or the ``temperature`` of a
-    :class:`~pyro_relax.distributions.RelaxedBernoulliConditioned` site) and network live in
-    one module, :attr:`control_variates` (:class:`~pyro_relax.infer.control_variates.ControlVariates`),
-    whose tensors are also Pyro parameters ``"{prefix}.{site}.eta"``,
-    ``"{prefix}.{site}.temperature"``, ``"{prefix}.{site}.net"`` (a shared user network:
-    ``"{prefix}.net"``), so SVI's optimizer steps them and the param store saves them. Their
-    gradient is that of the squared estimate :math:`\sum \hat g_\alpha^2` over the per-cell
-    logits (the single-sample variance objective up to a term that does not depend on them;
-    the cheap choice: the reference VAE code squares the encoder-parameter gradient, which
-    costs a double backward through the encoder), taken with ``create_graph=True`` and given
-    to those parameters only: the guide's and model's gradients are exactly the estimator's.
-    ``differentiable_loss`` carries it as a term whose value is zero and whose gradient
-    vanishes for every other parameter.
-
+    Training the control variate, mini-batches, DDP: :mod:`pyro_relax.infer.relax`.
     References:
 
     - G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein, "REBAR: Low-variance,
@@ -129,15 +140,18 @@ class RELAX_ELBO(DiscreteELBO):
     network = property(lambda self: self.control_variates.network,
                        doc="The user's network shared by every site (None: one per site).")
 
-    @property
-    def uses_rebar(self):
-        """Whether :math:`c` has REBAR's relaxed-signal term."""
-        return self.control_variate in ("rebar", "relax")
+    uses_rebar = property(lambda self: self.control_variate in ("rebar", "relax"),
+                          doc="Whether :math:`c` has REBAR's relaxed-signal term.")
+    uses_network = property(lambda self: self.control_variate in ("relax", "neural"),
+                            doc="Whether :math:`c` has a network term.")
 
-    @property
-    def uses_network(self):
-        """Whether :math:`c` has a network term."""
-        return self.control_variate in ("relax", "neural")
+    def trainable_state(self):
+        return self.control_variates
+
+    def create_state(self, particles):
+        for p in particles:
+            for name in p.noise:
+                self._site(p, name)
 
     # ------------------------------------------------------------------ sampling
     def sample_site(self, name, fn):
@@ -188,6 +202,13 @@ class RELAX_ELBO(DiscreteELBO):
         """``(temperature, eta, net)`` of site ``name`` (created on first use: the
         temperature from a relaxed site's own ``temperature`` or the ``temperature`` option)."""
         if name not in self.control_variates:
+            if self.num_steps and _distributed():
+                raise ValueError(
+                    "{}: the control variate of guide site '{}' would be created at step {}, "
+                    "after the optimizer and DDP were set up, so it would be neither optimized "
+                    "nor synchronized across processes; call elbo.setup(model, guide, *args) "
+                    "on example arguments before building them".format(
+                        type(self).__name__, name, self.num_steps + 1))
             init = getattr(base_distribution(fn), "temperature", None)
             mlp = None
             if self.uses_network and self.network is None:
@@ -212,7 +233,7 @@ class RELAX_ELBO(DiscreteELBO):
             advantage = f - c_zt
             g = advantage.reshape(advantage.shape + (1,) * s["trailing"]) * score + grad_c
             surrogate = surrogate + (g.detach() * s["info"].logits).sum()
-            variance = variance + (g / self.num_particles).pow(2).sum()
+            variance = variance + ((g / self.num_particles).pow(2) / s["scale"]).sum()
         return surrogate, variance
 
     def _site(self, p, name):
@@ -229,8 +250,11 @@ class RELAX_ELBO(DiscreteELBO):
         trailing = info.event_dim + (1 if kind == "categorical" else 0)
         cell_dims = alpha.dim() - trailing  # the site's batch dims (event dims, classes trail)
         temperature, eta, net = self.site_state(name, info, cell_dims, z, node["fn"])
+        scale = torch.as_tensor(node["scale"], dtype=alpha.dtype, device=alpha.device)
+        scale = expand_to_cells(scale, alpha.shape[:cell_dims])  # per cell
         return dict(info=info, alpha=alpha, b=b, z=z, z_tilde=z_tilde, trailing=trailing,
-                    cell_dims=cell_dims, temperature=temperature, eta=eta, net=net)
+                    cell_dims=cell_dims, temperature=temperature, eta=eta, net=net,
+                    scale=scale.reshape(scale.shape + (1,) * trailing))
 
     def control_variate_terms(self, p, before, name, s, rebar):
         """``(c(z), c(z~), d(c(z) - c(z~))/d alpha)`` for site ``name``, per cell: REBAR's
@@ -243,7 +267,9 @@ class RELAX_ELBO(DiscreteELBO):
             c_zt = c_zt + s["eta"] * expand_to_cells(f_zt, cell)
             grad_c = grad_c + s["eta"] * (d_z - d_zt)
         if s["net"] is not None:
-            r_z, r_zt = (self._network(p, before, name, s, pre) for pre in (s["z"], s["z_tilde"]))
+            scale = s["scale"].reshape(s["scale"].shape[: s["cell_dims"]])
+            r_z, r_zt = (scale * self._network(p, before, name, s, pre)
+                         for pre in (s["z"], s["z_tilde"]))
             c_z, c_zt = c_z + r_z, c_zt + r_zt
             (d_r,) = torch.autograd.grad((r_z - r_zt).sum(), s["alpha"], create_graph=True,
                                          allow_unused=True)
@@ -292,6 +318,10 @@ class REBAR_ELBO(RELAX_ELBO):
                          retain_graph=retain_graph, control_variate="rebar",
                          temperature=temperature, eta=eta, prefix=prefix,
                          vectorize_alternatives=vectorize_alternatives, **kwargs)
+
+
+def _distributed():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _check_options(control_variate, network, temperature, eta, hidden_dims):
