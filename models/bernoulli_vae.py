@@ -48,7 +48,7 @@ import pyro.distributions as dist
 import torch
 
 from models import cli
-from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, add_arguments, mlp, run
+from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, LearnedLogits, add_arguments, mlp, run
 
 __all__ = ["PROTOCOLS", "BernoulliVAE", "build", "main", "make_parser", "apply_protocol"]
 
@@ -98,22 +98,24 @@ class BernoulliVAE(DiscreteVAE):
             last.bias.copy_(output_bias)
         self.latents = latents
         self.learn_prior = learn_prior
-        self.sgd_params = {"prior_logits": prior_sgd} if learn_prior and prior_sgd else {}
+        self.learned_prior = LearnedLogits(latents) if learn_prior else None
+        self.sgd_params = {"prior$$$logits": prior_sgd} if learn_prior and prior_sgd else {}
 
     def prior_logits(self):
-        zeros = self.train_mean.new_zeros(self.latents)
-        return pyro.param("prior_logits", lambda: zeros) if self.learn_prior else zeros
+        if not self.learn_prior:
+            return self.train_mean.new_zeros(self.latents)
+        return pyro.module("prior", self.learned_prior, update_module_params=True).logits
 
-    def model(self, x):
+    def model(self, x, size=None):
         pyro.module("decoder", self.decoder, update_module_params=True)
         logits = self.prior_logits()
-        with pyro.plate("data", x.shape[0], dim=-1):
+        with self.data_plate(x, size):
             z = self.prior("z", logits)
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(2 * z - 1)).to_event(1), obs=x)
 
-    def guide(self, x):
+    def guide(self, x, size=None):
         pyro.module("encoder", self.encoder, update_module_params=True)
-        with pyro.plate("data", x.shape[0], dim=-1):
+        with self.data_plate(x, size):
             self.discrete("z", self.encoder(x - self.train_mean))
 
     def encoder_modules(self):

@@ -62,17 +62,17 @@ class CategoricalVAE(DiscreteVAE):
         with torch.no_grad():
             self.decoder[-1].bias.copy_(output_bias)
 
-    def model(self, x):
+    def model(self, x, size=None):
         pyro.module("decoder", self.decoder, update_module_params=True)
         logits = self.train_mean.new_zeros(self.latents, self.classes)
-        with pyro.plate("data", x.shape[0], dim=-1):
+        with self.data_plate(x, size):
             z = self.prior("z", logits)
             h = z.reshape(z.shape[:-2] + (-1,))
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(h)).to_event(1), obs=x)
 
-    def guide(self, x):
+    def guide(self, x, size=None):
         pyro.module("encoder", self.encoder, update_module_params=True)
-        with pyro.plate("data", x.shape[0], dim=-1):
+        with self.data_plate(x, size):
             logits = self.encoder(x - self.train_mean)
             self.discrete("z", logits.reshape(logits.shape[:-1] + (self.latents, self.classes)))
 

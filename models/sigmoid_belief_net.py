@@ -32,7 +32,7 @@ import pyro.distributions as dist
 import torch
 
 from models import cli
-from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, add_arguments, run
+from models.vae import BERNOULLI_ESTIMATORS, DiscreteVAE, LearnedLogits, add_arguments, run
 
 __all__ = ["SigmoidBeliefNet", "build", "main", "make_parser"]
 
@@ -58,22 +58,23 @@ class SigmoidBeliefNet(DiscreteVAE):
         self.q2 = torch.nn.Linear(latents, latents)  # q(z2 | z1)
         self.p1 = torch.nn.Linear(latents, latents)  # p(z1 | z2)
         self.px = torch.nn.Linear(latents, pixels)  # p(x | z1)
+        self.learned_prior = LearnedLogits(latents)
         with torch.no_grad():
             self.px.bias.copy_(output_bias)
 
-    def model(self, x):
+    def model(self, x, size=None):
         pyro.module("p1", self.p1, update_module_params=True)
         pyro.module("px", self.px, update_module_params=True)
-        prior = pyro.param("prior_logits", lambda: self.train_mean.new_zeros(self.latents))
-        with pyro.plate("data", x.shape[0], dim=-1):
+        prior = pyro.module("prior", self.learned_prior, update_module_params=True).logits
+        with self.data_plate(x, size):
             z2 = self.prior("z2", prior)
             z1 = self.prior("z1", self.p1(2 * z2 - 1))
             pyro.sample("x", dist.Bernoulli(logits=self.px(2 * z1 - 1)).to_event(1), obs=x)
 
-    def guide(self, x):
+    def guide(self, x, size=None):
         pyro.module("q1", self.q1, update_module_params=True)
         pyro.module("q2", self.q2, update_module_params=True)
-        with pyro.plate("data", x.shape[0], dim=-1):
+        with self.data_plate(x, size):
             z1 = self.discrete("z1", self.q1(x - self.train_mean))
             self.discrete("z2", self.q2(2 * z1 - 1))
 

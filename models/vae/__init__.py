@@ -5,7 +5,7 @@ package's registry), the optimizer (:mod:`models.vae.optim`), the evaluation
 the experiment runner (:mod:`models.vae.experiment`)."""
 
 from models.vae.arguments import HelpFormatter, add_arguments
-from models.vae.base import DiscreteVAE, broadcast_cat, mlp
+from models.vae.base import DiscreteVAE, LearnedLogits, broadcast_cat, mlp
 from models.vae.estimators import (
     ARSM_CATEGORICAL,
     BERNOULLI_ESTIMATORS,
@@ -30,6 +30,7 @@ __all__ = [
     "EVAL_SEEDS",
     "Experiment",
     "HelpFormatter",
+    "LearnedLogits",
     "PARTICLES",
     "TEMPERATURES",
     "WINDOW",

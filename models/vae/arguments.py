@@ -97,5 +97,16 @@ def add_arguments(parser, estimators, defaults):
                         help="add a row to the curve every N steps")
     parser.add_argument("--no-progress", action="store_true",
                         help="no tqdm progress bar")
+    parser.add_argument("--trainer", default="svi", choices=["svi", "lightning"],
+                        help="train with pyro.infer.SVI in this process (svi), or with PyTorch "
+                        "Lightning, data-parallel over --devices processes (lightning; needs "
+                        "the lightning extra)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="--trainer lightning: processes (--batch-size is split over them)")
+    parser.add_argument("--strategy", default="auto", choices=["auto", "ddp", "ddp_spawn"],
+                        help="--trainer lightning: Lightning's strategy")
+    parser.add_argument("--accelerator", default=None, choices=["cpu", "gpu", "auto"],
+                        help="--trainer lightning: Lightning's accelerator (default: gpu with "
+                        "--device cuda, else cpu)")
     cli.add_common_arguments(parser)
     return parser

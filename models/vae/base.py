@@ -7,7 +7,7 @@ from pyro.infer import SVI
 
 from models.data import binarize
 
-__all__ = ["DiscreteVAE", "broadcast_cat", "mlp"]
+__all__ = ["DiscreteVAE", "LearnedLogits", "broadcast_cat", "mlp"]
 
 
 def broadcast_cat(*tensors):
@@ -28,12 +28,25 @@ def mlp(sizes, activation=lambda: torch.nn.LeakyReLU(0.3)):
     return torch.nn.Sequential(*layers)
 
 
+class LearnedLogits(torch.nn.Module):
+    """Learned prior logits as a module parameter (``logits``), registered with
+    :func:`pyro.module` by the model so that SVI's param store, an optimizer over the module's
+    ``parameters()`` (Lightning, DDP) and checkpoints all see the same tensor.
+
+    :param int size: how many logits.
+    """
+
+    def __init__(self, size):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(size))
+
+
 class DiscreteVAE(torch.nn.Module):
     """Base class of the models: the estimator-dependent guide statement for discrete sites
     (:meth:`discrete`), the default training step and the hooks the runner needs.
 
-    Subclasses define ``model(x)`` and ``guide(x)`` (both under ``pyro.plate("data", ...,
-    dim=-1)``, broadcasting over extra leading dims), :attr:`latent_kind`,
+    Subclasses define ``model(x, size=None)`` and ``guide(x, size=None)`` (both under
+    :meth:`data_plate`, broadcasting over extra leading dims), :attr:`latent_kind`,
     :attr:`estimators` and :meth:`encoder_modules`.
 
     :param torch.Tensor train_mean: per-pixel mean intensity of the training images (the
@@ -63,6 +76,17 @@ class DiscreteVAE(torch.nn.Module):
         self.temperature = temperature
         self.st_prior = st_prior
         self.st_gap = 0.0
+
+    @staticmethod
+    def data_plate(x, size=None):
+        """The plate of the images ``x``: unscaled (``size`` None: the batch is the data), or a
+        mini-batch of a data set of ``size`` images, scaled by ``size / len(x)`` (so that the
+        loss estimates the whole data set's, and DDP's average over processes is the global
+        batch's)."""
+        if size is None:
+            return pyro.plate("data", x.shape[0], dim=-1)
+        index = torch.arange(x.shape[0], device=x.device)
+        return pyro.plate("data", size, subsample=index, dim=-1)
 
     def _exact(self, logits):
         if self.latent_kind == "bernoulli":

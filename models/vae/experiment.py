@@ -249,6 +249,8 @@ def run(args, name, build, estimators, describe=""):
     with ``curve`` (the rows of ``curve.csv``) added."""
     num_particles, temperature = check_estimator_options(args, name, estimators)
     torch.set_num_threads(args.threads)
+    if getattr(args, "trainer", "svi") == "lightning":
+        return run_lightning(args, name, build, num_particles, temperature, describe)
     device = torch.device(args.device)
     args.device = device
     data = load_data(args)
@@ -277,6 +279,60 @@ def run(args, name, build, estimators, describe=""):
         experiment.write_outputs(args.out, metrics)
         print(f"# wrote {os.path.abspath(args.out)}", flush=True)
     metrics["curve"] = list(experiment.curve)
+    return metrics
+
+
+def run_lightning(args, name, build, num_particles, temperature, describe=""):
+    """``--trainer lightning`` (see :mod:`models.vae.lightning`): trains, then evaluates on the
+    first process. Returns the metrics dict there, None on the other processes."""
+    from models.vae import lightning
+
+    if name == "ss_vae":
+        raise SystemExit("error: --trainer lightning: the semi-supervised VAE (its labelled "
+                         "objective and classifier loss) is not supported; use --trainer svi")
+    if args.accelerator is None:
+        args.accelerator = "gpu" if str(args.device).startswith("cuda") else "cpu"
+    if args.devices < 1 or args.batch_size % args.devices:
+        raise SystemExit(f"error: --batch-size {args.batch_size} must split evenly over "
+                         f"--devices {args.devices}")
+    args.device = torch.device("cpu")  # Lightning places the module and the batches
+    data = load_data(args)
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    vae = build(args, data)
+    vae.configure(args.estimator, num_particles, temperature, args.st_prior)
+    elbo = make_elbo(args.estimator, num_particles, temperature, getattr(args, "num_pairs", None))
+    module, trainer = lightning.fit(vae, elbo, data, args)
+    if trainer.global_rank != 0:
+        return None
+    vae = module.vae.cpu()
+    vae.configure("eval")
+    size = args.eval_size or None
+    metrics = collections.OrderedDict(
+        model=name, estimator=args.estimator, trainer="lightning", devices=args.devices,
+        strategy=args.strategy, steps=trainer.global_step,
+        train_elbo=module.train_elbo, train_elbo_steps=len(module.window),
+        valid_elbo=evaluate_bound(vae, data.valid[:size], 1, EVAL_SEEDS["valid"]),
+        test_elbo=evaluate_bound(vae, data.test[:size], 1, EVAL_SEEDS["test"]),
+        test_iw_bound=evaluate_bound(vae, data.test[:size], args.iw_samples, EVAL_SEEDS["test_iw"]),
+        iw_samples=args.iw_samples, valid_images=len(data.valid[:size]),
+        test_images=len(data.test[:size]),
+        ms_per_step=1e3 * module.seconds / max(1, module.timed_steps),
+        model_evaluations_per_step=float("nan"),
+        identical_across_processes=module.identical_across_processes,
+        estimator_state_change=module.estimator_state_change(),
+    )
+    print(f"# {name}{describe}: estimator={args.estimator} trainer=lightning "
+          f"devices={args.devices} strategy={args.strategy} steps={metrics['steps']}", flush=True)
+    print_metrics(metrics)
+    if metrics["estimator_state_change"] is not None:
+        print(f"estimator state (RELAX's control variate): largest change since set-up "
+              f"{metrics['estimator_state_change']:.3g}", flush=True)
+    print(f"parameters identical across the {args.devices} processes: "
+          f"{metrics['identical_across_processes']}", flush=True)
+    if args.out:
+        with open(os.path.join(args.out, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
     return metrics
 
 
