@@ -302,7 +302,7 @@ def run_lightning(args, name, build, num_particles, temperature, describe=""):
     vae = build(args, data)
     vae.configure(args.estimator, num_particles, temperature, args.st_prior)
     elbo = make_elbo(args.estimator, num_particles, temperature, getattr(args, "num_pairs", None))
-    module, trainer = lightning.fit(vae, elbo, data, args)
+    module, trainer, summary = lightning.fit(vae, elbo, data, args)
     if trainer.global_rank != 0:
         return None
     vae = module.vae.cpu()
@@ -310,17 +310,17 @@ def run_lightning(args, name, build, num_particles, temperature, describe=""):
     size = args.eval_size or None
     metrics = collections.OrderedDict(
         model=name, estimator=args.estimator, trainer="lightning", devices=args.devices,
-        strategy=args.strategy, steps=trainer.global_step,
-        train_elbo=module.train_elbo, train_elbo_steps=len(module.window),
+        strategy=args.strategy, steps=summary["steps"],
+        train_elbo=summary["train_elbo"], train_elbo_steps=summary["train_elbo_steps"],
         valid_elbo=evaluate_bound(vae, data.valid[:size], 1, EVAL_SEEDS["valid"]),
         test_elbo=evaluate_bound(vae, data.test[:size], 1, EVAL_SEEDS["test"]),
         test_iw_bound=evaluate_bound(vae, data.test[:size], args.iw_samples, EVAL_SEEDS["test_iw"]),
         iw_samples=args.iw_samples, valid_images=len(data.valid[:size]),
         test_images=len(data.test[:size]),
-        ms_per_step=1e3 * module.seconds / max(1, module.timed_steps),
-        model_evaluations_per_step=float("nan"),
-        identical_across_processes=module.identical_across_processes,
-        estimator_state_change=module.estimator_state_change(),
+        ms_per_step=summary["ms_per_step"],
+        model_evaluations_per_step=summary["model_evaluations_per_step"],
+        identical_across_processes=summary["identical_across_processes"],
+        estimator_state_change=summary["estimator_state_change"],
     )
     print(f"# {name}{describe}: estimator={args.estimator} trainer=lightning "
           f"devices={args.devices} strategy={args.strategy} steps={metrics['steps']}", flush=True)

@@ -23,14 +23,19 @@ data-parallel over several (``--devices N --strategy ddp``), as Pyro's
 """
 
 import collections
+import functools
+import json
 import os
+import tempfile
 import time
+import warnings
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 
 from models.data import binarize
+from models.vae.estimators import model_evaluations
 
 __all__ = ["Program", "StepBatches", "fit"]
 
@@ -104,6 +109,8 @@ class StepBatches:
 
 
 def _module_class():
+    if "VAETrainingModule" in globals():
+        return globals()["VAETrainingModule"]
     pl = _lightning()
 
     class VAETrainingModule(pl.LightningModule):
@@ -126,15 +133,16 @@ def _module_class():
             self.automatic_optimization = False  # Adam, and SGD for a learned prior
             self.resumed = False
             self.seconds, self.timed_steps = 0.0, 0
+            self.evaluations = 0.0  # model evaluations in training steps (this process's)
             state = self.loss_fn.elbo.trainable_state()
             self.initial_state = None if state is None else {
                 k: v.detach().clone() for k, v in state.state_dict().items()}
-            #: after training, whether every parameter is the same on every process
-            self.identical_across_processes = None
             self.window = collections.deque(maxlen=1000)  # this process's train ELBO estimates
-            #: after training: the mean of the last (up to 1000) steps' train ELBO estimates,
-            #: over every process
-            self.train_elbo = float("nan")
+            #: after training: the steps, the mean of the last (up to 1000) steps' train ELBO
+            #: estimates over every process, ms and model evaluations per step, whether every
+            #: parameter is the same on every process, the estimator state's largest change
+            self.summary = None
+            self.summary_file = None  # where the first process writes it, if set
 
         def estimator_state_change(self):
             """The largest change of the estimator's own state since set-up (None: none)."""
@@ -147,16 +155,23 @@ def _module_class():
         def on_train_end(self):
             flat = torch.cat([p.detach().reshape(-1) for p in self.loss_fn.parameters()])
             mean = torch.tensor(sum(self.window) / max(1, len(self.window)), device=flat.device)
+            identical = True
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(mean)
                 mean = mean / torch.distributed.get_world_size()
-            self.train_elbo = float(mean)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
                 everyone = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
                 torch.distributed.all_gather(everyone, flat)
-                self.identical_across_processes = all(torch.equal(everyone[0], f) for f in everyone)
-            else:
-                self.identical_across_processes = True
+                identical = all(torch.equal(everyone[0], f) for f in everyone)
+            steps = self.global_step
+            self.summary = dict(
+                steps=steps, train_elbo=float(mean), train_elbo_steps=len(self.window),
+                ms_per_step=1e3 * self.seconds / max(1, self.timed_steps),
+                model_evaluations_per_step=self.evaluations / max(1, steps),
+                identical_across_processes=identical,
+                estimator_state_change=self.estimator_state_change())
+            if self.summary_file is not None and self.global_rank == 0:
+                with open(self.summary_file, "w") as f:  # for the main process of ddp_spawn
+                    json.dump(self.summary, f)
 
         def configure_optimizers(self):
             args = self.args
@@ -186,7 +201,10 @@ def _module_class():
             (images,) = batch
             x = binarize(images)
             self.vae.st_gap = 0.0
+            counted = getattr(self.loss_fn.elbo, "num_model_evaluations", None)
             loss = self.loss_fn(x, self.train_size)  # the -ELBO of the whole training set
+            self.evaluations += model_evaluations(self.loss_fn.elbo, 1) if counted is None else (
+                self.loss_fn.elbo.num_model_evaluations - counted)
             optimizers = self.optimizers()
             optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
             for optimizer in optimizers:
@@ -222,7 +240,7 @@ def _module_class():
                 states = [None] * torch.distributed.get_world_size()
                 torch.distributed.all_gather_object(states, _rng_state())
             checkpoint["rng_states"] = states
-            checkpoint["timing"] = (self.seconds, self.timed_steps)
+            checkpoint["timing"] = (self.seconds, self.timed_steps, self.evaluations)
             if hasattr(self.loss_fn.elbo, "state_dict"):
                 checkpoint["estimator"] = self.loss_fn.elbo.state_dict()
 
@@ -231,11 +249,14 @@ def _module_class():
             rank = torch.distributed.get_rank() if (
                 torch.distributed.is_available() and torch.distributed.is_initialized()) else 0
             _set_rng_state(states[rank] if rank < len(states) else states[0])
-            self.seconds, self.timed_steps = checkpoint.get("timing", (0.0, 0))
+            self.seconds, self.timed_steps, self.evaluations = checkpoint["timing"]
             if "estimator" in checkpoint:
                 self.loss_fn.elbo.load_state_dict(checkpoint["estimator"])
             self.resumed = True
 
+    # a module-level name, so that ``ddp_spawn`` can pickle the module to its workers
+    VAETrainingModule.__qualname__ = "VAETrainingModule"
+    globals()["VAETrainingModule"] = VAETrainingModule
     return VAETrainingModule
 
 
@@ -271,7 +292,9 @@ def __getattr__(name):  # VAETrainingModule needs Lightning, imported on first u
 
 def fit(vae, elbo, data, args):
     """Trains with Lightning up to ``args.num_steps`` steps (resuming from ``--out`` with
-    ``--resume``); returns ``(module, trainer)``."""
+    ``--resume``); returns ``(module, trainer, summary)`` (``summary``: the module's, see
+    ``VAETrainingModule.summary``; on the first process, also under ``ddp_spawn``, whose
+    workers train copies of the module)."""
     pl = _lightning()
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -279,7 +302,7 @@ def fit(vae, elbo, data, args):
     module = _module_class()(vae, elbo, data, args)
     per_process = max(1, args.batch_size // args.devices)
     train = StepBatches(data.train.cpu(), per_process, args.seed, args.num_steps,
-                        position=lambda: module.global_step)
+                        position=functools.partial(getattr, module, "global_step"))  # picklable (ddp_spawn)
     valid = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.valid.cpu()),
                                         batch_size=max(per_process, 100))
     out = args.out or os.path.join("runs", "lightning")
@@ -299,5 +322,16 @@ def fit(vae, elbo, data, args):
     if ckpt is not None and not os.path.isfile(ckpt):
         raise SystemExit(f"error: --resume: no Lightning checkpoint in {os.path.abspath(out)}")
     pl.seed_everything(args.seed, verbose=False)  # the DistributedSampler's shuffle too
-    trainer.fit(module, train, valid, ckpt_path=ckpt)
-    return module, trainer
+    with warnings.catch_warnings():
+        # the checkpoint of step k holds the state after step k's update, which is what a
+        # resumed run must continue from (Lightning warns about it under manual optimization)
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        with tempfile.TemporaryDirectory() as tmp:
+            module.summary_file = os.path.join(tmp, "summary.json")
+            trainer.fit(module, train, valid, ckpt_path=ckpt)
+            module.summary_file = None
+            summary = module.summary
+            if summary is None and trainer.global_rank == 0:  # ddp_spawn: from the workers
+                with open(os.path.join(tmp, "summary.json")) as f:
+                    summary = json.load(f)
+    return module, trainer, summary

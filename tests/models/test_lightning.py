@@ -3,7 +3,7 @@ subprocess each: Lightning's ``ddp`` strategy relaunches the command, which must
 CLI, not pytest) on the digits idx folder: with RELAX on two DDP processes the control variate
 moves, every parameter is identical on both processes, and a run stopped at a checkpoint and
 resumed ends with bit-identical parameters (control variates included) to an uninterrupted
-run; one process with a non-RELAX estimator trains; the options that cannot work are refused
+run, and so does ``ddp_spawn``; one process with a non-RELAX estimator trains; the options that cannot work are refused
 in one line. The per-estimator gradient checks are in ``tests/infer/test_distributed.py``."""
 
 import json
@@ -58,6 +58,20 @@ def test_relax_on_two_ddp_processes_trains_its_control_variate_and_resumes_exact
     assert any("estimator_state" in key for key in got)  # the control variates are saved
     for key in got:
         assert torch.equal(got[key], expected[key]), key
+
+    # ddp_spawn's workers train copies of the module: the same run, summarised the same way
+    spawned = str(tmp_path / "spawned")
+    result = _run("bernoulli_vae", digits_dir, spawned, "--estimator", "relax", "--devices", "2",
+                  "--strategy", "ddp_spawn", "--num-steps", "10")
+    assert "parameters identical across the 2 processes: True" in result.stdout
+    with open(os.path.join(spawned, "metrics.json")) as f:
+        spawned_metrics = json.load(f)
+    for key in ("steps", "train_elbo", "valid_elbo", "test_elbo", "estimator_state_change",
+                "model_evaluations_per_step"):
+        assert spawned_metrics[key] == metrics[key], key
+    assert metrics["model_evaluations_per_step"] == 3  # RELAX: sample, relaxed z, z~
+    for key, value in _state(spawned).items():
+        assert torch.equal(value, expected[key]), key
 
 
 def test_one_process_trains(digits_dir, tmp_path):
