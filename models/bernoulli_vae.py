@@ -99,7 +99,8 @@ class BernoulliVAE(DiscreteVAE):
         self.latents = latents
         self.learn_prior = learn_prior
         self.learned_prior = LearnedLogits(latents) if learn_prior else None
-        self.sgd_params = {"prior$$$logits": prior_sgd} if learn_prior and prior_sgd else {}
+        # PyroOptim names a module parameter "module.attribute" (the store: "prior$$$logits")
+        self.sgd_params = {"prior.logits": prior_sgd} if learn_prior and prior_sgd else {}
 
     def prior_logits(self):
         if not self.learn_prior:
