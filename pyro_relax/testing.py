@@ -48,6 +48,7 @@ __all__ = [
     "check_unbiased",
     "estimated_grads",
     "exact_grads",
+    "exact_iwae_loss",
     "exact_loss",
     "init_params",
     "param_leaves",
@@ -164,13 +165,9 @@ def _traces(model, guide, args, kwargs, fix):
     return model_trace, guide_trace
 
 
-def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
-    """The exact ``-ELBO`` as a differentiable function of the current parameters.
-
-    :param int quadrature_nodes: Gauss-Hermite nodes per noise dimension of the
-        reparameterized sites (default: 30 for one dimension, else as many as fit in
-        :data:`MAX_QUADRATURE_POINTS` points, at least 3: exact for quadratic log-densities).
-    """
+def _atoms(model, guide, args, kwargs, quadrature_nodes):
+    """The guide's discrete sites ``(name, value, fn)`` and the quadrature grid of its
+    reparameterized sites' noise: ``(discrete, grid, nodes, weights)``."""
     probe = _Fix()
     _traces(model, guide, args, kwargs, probe)
     discrete = [(n, s[1], s[2]) for n, s in probe.sites.items() if isinstance(s, tuple)]
@@ -182,6 +179,17 @@ def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
     if len(grid) > 4 * MAX_QUADRATURE_POINTS:
         raise ValueError("exact_loss: {} noise dimensions need {} quadrature points".format(
             dims, len(grid)))
+    return discrete, grid, nodes, weights
+
+
+def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
+    """The exact ``-ELBO`` as a differentiable function of the current parameters.
+
+    :param int quadrature_nodes: Gauss-Hermite nodes per noise dimension of the
+        reparameterized sites (default: 30 for one dimension, else as many as fit in
+        :data:`MAX_QUADRATURE_POINTS` points, at least 3: exact for quadratic log-densities).
+    """
+    discrete, grid, nodes, weights = _atoms(model, guide, args, kwargs, quadrature_nodes)
     total = 0.0
     for combo in itertools.product(*[list(_configurations(v, fn)) for _, v, fn in discrete]):
         config = {n: v for (n, _, _), v in zip(discrete, combo)}
@@ -195,6 +203,67 @@ def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
             inner = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
             total = total + w * log_q.exp() * inner
     return -total
+
+
+def exact_iwae_loss(model, guide, *args, num_particles=2, quadrature_nodes=None, **kwargs):
+    r"""The exact negative ``num_particles``-sample importance-weighted bound
+    :math:`-\mathbb E[\log \frac1K \sum_k p(x, z_k) / q(z_k)]` as a differentiable function
+    of the current parameters: every ``K``-tuple of atoms (a joint configuration of the guide's
+    discrete sites and a Gauss-Hermite node of its reparameterized sites' noise, as in
+    :func:`exact_loss`) is enumerated. As in :class:`~pyro.infer.RenyiELBO`, the bound is taken
+    per cell of the plates common to every sample site and summed over them (every other dim
+    summed into the log weights), from unscaled densities, times the program's one scale.
+
+    :param int num_particles: :math:`K`.
+    :param int quadrature_nodes: as in :func:`exact_loss` (the tuples number
+        ``(configurations x nodes) ** K``: keep programs tiny).
+    """
+    discrete, grid, nodes, weights = _atoms(model, guide, args, kwargs, quadrature_nodes)
+    log_ws, log_ps, scales = [], [], set()
+    for combo in itertools.product(*[list(_configurations(v, fn)) for _, v, fn in discrete]):
+        config = {n: v for (n, _, _), v in zip(discrete, combo)}
+        for point in grid:
+            eps = torch.tensor([math.sqrt(2.0) * nodes[i] for i in point])
+            w = float(np.prod([weights[i] / math.sqrt(math.pi) for i in point]))
+            model_trace, guide_trace = _traces(model, guide, args, kwargs, _Fix(config, eps))
+            log_ws.append(_cell_log_weight(model_trace, guide_trace, scales))
+            log_q = sum((guide_trace.nodes[n]["fn"].log_prob(v).sum() for n, v in config.items()),
+                        torch.tensor(0.0))
+            log_ps.append(log_q + math.log(w))  # the atom's probability
+    if len(scales) > 1:
+        raise ValueError("exact_iwae_loss: the sites have different scales {}".format(sorted(scales)))
+    shape = torch.broadcast_shapes(*[torch.as_tensor(x).shape for x in log_ws])
+    log_w = torch.stack([torch.as_tensor(x).expand(shape) for x in log_ws])  # [atoms, cells]
+    log_p = torch.stack(log_ps)
+    total = 0.0
+    tuples = torch.tensor(list(itertools.product(range(len(log_ws)), repeat=num_particles)))
+    for chunk in tuples.split(4096):
+        bound = torch.logsumexp(log_w[chunk], 1) - math.log(num_particles)  # [T, cells]
+        total = total + (log_p[chunk].sum(1).exp() * bound.reshape(len(chunk), -1).sum(1)).sum()
+    return -(scales.pop() if scales else 1.0) * total
+
+
+def _cell_log_weight(model_trace, guide_trace, scales):
+    """``log p - log q`` from unscaled (masked) densities, per cell of the plates common to
+    every sample site; adds every site's scale to ``scales``."""
+    sites = [(1.0, site) for site in model_trace.nodes.values() if site["type"] == "sample"]
+    sites += [(-1.0, site) for name, site in guide_trace.nodes.items()
+              if site["type"] == "sample" and not site["is_observed"]]
+    if not sites:
+        return torch.tensor(0.0)
+    common = set.intersection(*[{f.dim for f in site["cond_indep_stack"] if f.dim is not None}
+                                for _, site in sites])
+    rank = max(site["log_prob"].dim() for _, site in sites)
+    log_w = 0.0
+    for sign, site in sites:
+        x = site["unscaled_log_prob"]
+        if site["mask"] is not None:
+            x = x * site["mask"]
+        x = x.reshape((1,) * (rank - x.dim()) + x.shape)
+        dims = [d for d in range(-rank, 0) if d not in common]
+        log_w = log_w + sign * (x.sum(dims, keepdim=True) if dims else x)
+        scales.add(float(site["scale"]))
+    return log_w
 
 
 def init_params(model, guide, *args, **kwargs):

@@ -31,6 +31,7 @@ from models.vae.estimators import (
 )
 from models.vae.evaluation import EVAL_SEEDS, evaluate_bound, forked_rng
 from models.vae.optim import make_optimizer
+from pyro_relax.infer import VIMCO_ELBO
 
 try:
     from tqdm import tqdm
@@ -147,6 +148,7 @@ class Experiment:
             steps=self.step,
             train_elbo=self.train_elbo(),
             train_elbo_steps=len(self.window),
+            train_objective=objective_name(self.elbo),
             valid_elbo=evaluate_bound(self.vae, valid, 1, EVAL_SEEDS["valid"]),
             test_elbo=evaluate_bound(self.vae, test, 1, EVAL_SEEDS["test"]),
             test_iw_bound=evaluate_bound(self.vae, test, args.iw_samples, EVAL_SEEDS["test_iw"]),
@@ -312,6 +314,7 @@ def run_lightning(args, name, build, num_particles, temperature, describe=""):
         model=name, estimator=args.estimator, trainer="lightning", devices=args.devices,
         strategy=args.strategy, steps=summary["steps"],
         train_elbo=summary["train_elbo"], train_elbo_steps=summary["train_elbo_steps"],
+        train_objective=objective_name(elbo),
         valid_elbo=evaluate_bound(vae, data.valid[:size], 1, EVAL_SEEDS["valid"]),
         test_elbo=evaluate_bound(vae, data.test[:size], 1, EVAL_SEEDS["test"]),
         test_iw_bound=evaluate_bound(vae, data.test[:size], args.iw_samples, EVAL_SEEDS["test_iw"]),
@@ -336,10 +339,18 @@ def run_lightning(args, name, build, num_particles, temperature, describe=""):
     return metrics
 
 
+def objective_name(elbo):
+    """What the training loss estimates: ``"ELBO"``, or VIMCO's ``"K-sample bound"``."""
+    if isinstance(elbo, VIMCO_ELBO):
+        return f"{elbo.num_particles}-sample bound"
+    return "ELBO"
+
+
 def print_metrics(metrics):
     """The summary lines of a run (ELBOs per datapoint, nats)."""
     lines = [
-        f"train ELBO (mean of the last {metrics['train_elbo_steps']} steps): "
+        f"train {metrics.get('train_objective', 'ELBO')} (mean of the last "
+        f"{metrics['train_elbo_steps']} steps): "
         f"{metrics['train_elbo']:.2f}",
         f"validation ELBO (1 sample, {metrics['valid_images']} images): "
         f"{metrics['valid_elbo']:.2f}",

@@ -15,6 +15,7 @@ from .site_plan import SitePlan
 from .strategy import SiteStrategy
 from .swap import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from .vargrad import VarGrad_ELBO
+from .vimco import VIMCO_ELBO
 
 __all__ = [
     "AR",
@@ -44,6 +45,7 @@ __all__ = [
     "ReinforceLOO_ELBO",
     "SitePlan",
     "SiteStrategy",
+    "VIMCO_ELBO",
     "VarGrad_ELBO",
     "estimators_for",
     "make_elbo",

@@ -45,7 +45,8 @@ class DiscreteELBO(ParticleELBO):
       built from :func:`~pyro_relax.infer.surrogates.pathwise_surrogate`,
       :meth:`score_function_surrogate` and the engine.
 
-    The returned loss is always the ``-ELBO`` estimate averaged over particles, as in Pyro.
+    The returned loss is the negative of :meth:`estimate`: the ``-ELBO`` estimate averaged
+    over particles, as in Pyro (or another objective's, such as VIMCO's bound).
     ``infer={"baseline": ...}`` on a guide site (a :class:`~pyro.infer.TraceGraph_ELBO`
     option) is not used by these estimators; it triggers a warning naming the site.
 
@@ -189,23 +190,27 @@ class DiscreteELBO(ParticleELBO):
         return redraw
 
     # ------------------------------------------------------------------ the ELBO interface
+    def estimate(self, particles):
+        """The objective's estimate from ``particles``, the negative of the loss: the ELBO
+        averaged over the particles (a tensor, or ``0.0`` for a program with no sample
+        sites). An estimator of another objective overrides it (:class:`VIMCO_ELBO
+        <pyro_relax.infer.VIMCO_ELBO>`: the ``num_particles``-sample bound)."""
+        return sum(_elbo_sum(p) for p in particles) / self.num_particles
+
     def loss(self, model, guide, *args, **kwargs):
-        """Estimates the ``-ELBO``.
+        """Estimates the ``-ELBO`` (the negative of :meth:`estimate`).
 
         :returns: an estimate of ``-ELBO``, averaged over ``num_particles``.
         :rtype: float
         """
-        elbo = 0.0
         with torch.no_grad():
-            for particle in self._get_traces(model, guide, args, kwargs):
-                elbo += torch_item(_elbo_sum(particle)) / self.num_particles
-        loss = -elbo
+            loss = -torch_item(self.estimate(list(self._get_traces(model, guide, args, kwargs))))
         warn_if_nan(loss, "loss")
         return loss
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         particles = list(self._get_traces(model, guide, args, kwargs))
-        elbo = sum(_detach(_elbo_sum(p)) for p in particles) / self.num_particles
+        elbo = _detach(self.estimate(particles))
         surrogate_elbo = self.surrogate_elbo(particles, model, guide, args, kwargs)
         self.num_steps += 1
         return -elbo, -surrogate_elbo
@@ -219,8 +224,7 @@ class DiscreteELBO(ParticleELBO):
             ``-ELBO`` estimate alone, no surrogate built.
         """
         if not torch.is_grad_enabled():
-            particles = list(self._get_traces(model, guide, args, kwargs))
-            loss = -sum(_elbo_sum(p) for p in particles) / self.num_particles
+            loss = -self.estimate(list(self._get_traces(model, guide, args, kwargs)))
             warn_if_nan(loss, "loss")
             return loss
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)

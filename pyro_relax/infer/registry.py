@@ -10,6 +10,7 @@ from .arsm import ARSM_ELBO, COUPLED_OPTIONS
 from .reinforce_loo import ReinforceLOO_ELBO
 from .relax import REBAR_ELBO, RELAX_ELBO
 from .vargrad import VarGrad_ELBO
+from .vimco import VIMCO_ELBO
 
 __all__ = ["ESTIMATORS", "Estimator", "estimators_for", "make_elbo"]
 
@@ -56,6 +57,8 @@ ESTIMATORS = OrderedDict(
                   "sets infer={'baseline': ...})", TraceGraph_ELBO, num_particles=1),
         Estimator("rloo", "ReinforceLOO_ELBO", ReinforceLOO_ELBO, num_particles=2, min_particles=2),
         Estimator("vargrad", "VarGrad_ELBO", VarGrad_ELBO, num_particles=2, min_particles=2),
+        Estimator("vimco", "VIMCO_ELBO (the K-sample bound, not the ELBO: loss and gradient)",
+                  VIMCO_ELBO, num_particles=2, min_particles=2),
         Estimator("arm", "ARSM_ELBO(bernoulli='arm')", _arsm(bernoulli="arm"), ("bernoulli",)),
         Estimator("disarm", "ARSM_ELBO(bernoulli='disarm')", _arsm(bernoulli="disarm"),
                   ("bernoulli",)),

@@ -31,7 +31,7 @@ from pyro_relax.infer.util import discrete_site_info
 N, D, K, C = 8, 6, 3, 3  # datapoints, pixels, Bernoulli latents, categories
 STEPS = 4
 #: every ELBO of the package that applies to Bernoulli and categorical sites
-ELBOS = ["rloo", "vargrad", "arm", "disarm", "ar", "ars", "arsm", "ars+", "arsm+", "disarm-iw",
+ELBOS = ["rloo", "vargrad", "vimco", "arm", "disarm", "ar", "ars", "arsm", "ars+", "arsm+", "disarm-iw",
          "disarm-sb", "disarm-tree", "rebar", "relax", "relax-neural"]
 #: ARS and ARS+ draw one reference category for all datapoints of a site: a second process
 #: draws its own, so the two halves are not the whole batch's estimate under the same noise
