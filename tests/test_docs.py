@@ -36,6 +36,7 @@ PAGES = {
     "pyro_relax.infer.particle_elbo": "extending.rst",
     "pyro_relax.infer.relax": "inference.rst",
     "pyro_relax.infer.vimco": "inference.rst",
+    "pyro_relax.infer.arms": "inference.rst",
     "pyro_relax.testing": "extending.rst",
     "pyro_relax.distributions": "distributions.rst",
     "pyro_relax.distributions.relaxed_conditioned": "distributions.rst",

@@ -2,6 +2,7 @@
 
 from .alternatives import Alternatives, AlternativesError, ProgramError
 from .arm import ARM, DisARM
+from .arms import ARMS_ELBO
 from .arsm import ARSM_ELBO
 from .control_variates import ControlVariateMLP, ControlVariates
 from .coupled_family import DisARM_IW, DisARM_SB, DisARM_Tree
@@ -23,6 +24,7 @@ __all__ = [
     "ARS",
     "ARSM",
     "ARSMPlus",
+    "ARMS_ELBO",
     "ARSM_ELBO",
     "ARSPlus",
     "Alternatives",

@@ -6,6 +6,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 
+from .arms import ARMS_ELBO
 from .arsm import ARSM_ELBO, COUPLED_OPTIONS
 from .reinforce_loo import ReinforceLOO_ELBO
 from .relax import REBAR_ELBO, RELAX_ELBO
@@ -62,6 +63,8 @@ ESTIMATORS = OrderedDict(
         Estimator("arm", "ARSM_ELBO(bernoulli='arm')", _arsm(bernoulli="arm"), ("bernoulli",)),
         Estimator("disarm", "ARSM_ELBO(bernoulli='disarm')", _arsm(bernoulli="disarm"),
                   ("bernoulli",)),
+        Estimator("arms", "ARMS_ELBO (K antithetic samples; K = 2 is DisARM)", ARMS_ELBO,
+                  ("bernoulli",), num_particles=2, min_particles=2),
         Estimator("ar", "ARSM_ELBO(categorical='ar') (AR, no extra evaluation)",
                   _arsm(categorical="ar"), ("categorical",)),
         Estimator("ars", "ARSM_ELBO(categorical='ars') (ARS, one random reference)",
