@@ -61,7 +61,8 @@ PROTOCOLS = {
     "disarm": dict(arch="linear", batch_size=50, learning_rate=1e-4, prior="learned",
                    prior_learning_rate=1e-2, num_steps=1000000, eval_size=0),
     "rodeo": dict(arch="nonlinear", batch_size=100, learning_rate=3e-4, prior="uniform",
-                  prior_learning_rate=None, num_steps=1000000, eval_size=0),
+                  prior_learning_rate=None, cv_learning_rate=1e-3, num_steps=1000000,
+                  eval_size=0),
 }
 
 

@@ -4,12 +4,16 @@ gives :class:`torch.optim.SGD`, anything else :class:`torch.optim.Adam`. ``PyroO
 any callable as its constructor and makes one optimizer per parameter, so a per-parameter
 callable can switch the optimizer type; SVI, ``PyroOptim.save`` / ``load`` work unchanged. The
 Bernoulli VAE's ``--protocol disarm`` uses it for SGD on the prior logits; the control variate
-of RELAX / REBAR (parameters ``relax.*`` / ``rebar.*``) gets Adam with ``--cv-learning-rate``."""
+of RELAX / REBAR, Double CV and RODEO (parameters ``relax.*``, ``rebar.*``, ``double_cv.*``,
+``rodeo.*``) gets Adam with ``--cv-learning-rate``."""
 
 import torch
 from pyro.optim import PyroOptim
 
-__all__ = ["make_optimizer"]
+__all__ = ["CONTROL_VARIATE_PREFIXES", "make_optimizer"]
+
+#: the Pyro name prefixes of the estimators' own control-variate parameters
+CONTROL_VARIATE_PREFIXES = ("relax.", "rebar.", "double_cv.", "rodeo.")
 
 
 def _per_parameter_optimizer(params, optimizer="adam", **kwargs):
@@ -24,7 +28,7 @@ def _per_parameter_optimizer(params, optimizer="adam", **kwargs):
 def make_optimizer(learning_rate, cv_learning_rate=None, sgd_params=None):
     """One :class:`pyro.optim.PyroOptim` with a per-parameter optimizer type: SGD with the
     given learning rate for the parameters named in ``sgd_params``, Adam with
-    ``cv_learning_rate`` for RELAX / REBAR's control variate (``relax.*``, ``rebar.*``) and
+    ``cv_learning_rate`` for the estimators' control variates (:data:`CONTROL_VARIATE_PREFIXES`) and
     Adam with ``learning_rate`` for every other parameter.
 
     :param float learning_rate: Adam's learning rate for encoder and decoder.
@@ -38,7 +42,7 @@ def make_optimizer(learning_rate, cv_learning_rate=None, sgd_params=None):
     def optim_args(name):
         if name in sgd_params:
             return {"optimizer": "sgd", "lr": sgd_params[name]}
-        if name.startswith(("relax.", "rebar.")):
+        if name.startswith(CONTROL_VARIATE_PREFIXES):
             return {"optimizer": "adam", "lr": cv_learning_rate}
         return {"optimizer": "adam", "lr": learning_rate}
 

@@ -9,7 +9,9 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from .arms import ARMS_ELBO
 from .arsm import ARSM_ELBO, COUPLED_OPTIONS
 from .reinforce_loo import ReinforceLOO_ELBO
+from .double_cv import DoubleCV_ELBO
 from .relax import REBAR_ELBO, RELAX_ELBO
+from .rodeo import RODEO_ELBO
 from .vargrad import VarGrad_ELBO
 from .vimco import VIMCO_ELBO
 
@@ -64,6 +66,10 @@ ESTIMATORS = OrderedDict(
         Estimator("disarm", "ARSM_ELBO(bernoulli='disarm')", _arsm(bernoulli="disarm"),
                   ("bernoulli",)),
         Estimator("arms", "ARMS_ELBO (K antithetic samples; K = 2 is DisARM)", ARMS_ELBO,
+                  ("bernoulli",), num_particles=2, min_particles=2),
+        Estimator("double-cv", "DoubleCV_ELBO (RLOO with local and global control variates)",
+                  DoubleCV_ELBO, ("bernoulli",), num_particles=2, min_particles=2),
+        Estimator("rodeo", "RODEO_ELBO (RLOO with discrete-Stein control variates)", RODEO_ELBO,
                   ("bernoulli",), num_particles=2, min_particles=2),
         Estimator("ar", "ARSM_ELBO(categorical='ar') (AR, no extra evaluation)",
                   _arsm(categorical="ar"), ("categorical",)),

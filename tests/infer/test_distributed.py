@@ -25,13 +25,15 @@ import torch.nn.functional as F
 from pyro.infer.elbo import ELBOModule
 from torch.nn.parallel import DistributedDataParallel
 
-from pyro_relax.infer import ARMS_ELBO, ARSM_ELBO, ESTIMATORS, RELAX_ELBO, make_elbo
+from pyro_relax.infer import (
+    ARMS_ELBO, ARSM_ELBO, ESTIMATORS, RELAX_ELBO, SignalGradientELBO, make_elbo,
+)
 from pyro_relax.infer.util import discrete_site_info
 
 N, D, K, C = 8, 6, 3, 3  # datapoints, pixels, Bernoulli latents, categories
 STEPS = 4
 #: every ELBO of the package that applies to Bernoulli and categorical sites
-ELBOS = ["rloo", "vargrad", "vimco", "arms", "arm", "disarm", "ar", "ars", "arsm", "ars+", "arsm+", "disarm-iw",
+ELBOS = ["rloo", "vargrad", "vimco", "arms", "double-cv", "rodeo", "arm", "disarm", "ar", "ars", "arsm", "ars+", "arsm+", "disarm-iw",
          "disarm-sb", "disarm-tree", "rebar", "relax", "relax-neural"]
 #: ARS and ARS+ draw one reference category for all datapoints of a site: a second process
 #: draws its own, so the two halves are not the whole batch's estimate under the same noise
@@ -119,7 +121,10 @@ def fixed_noise(name, **options):
                 v = (1 - e / e.sum(0, keepdim=True)).pow(self.num_particles - 1)
                 return (torch.where(p < 0.5, v, 1 - v) < p).to(logits.dtype), None
             if kind == "bernoulli":
-                return (u < torch.sigmoid(logits)).to(logits.dtype), None
+                b = (u < torch.sigmoid(logits)).to(logits.dtype)
+                if isinstance(self, SignalGradientELBO):  # the signal's gradient at b
+                    b.requires_grad_()
+                return b, None
             z = (logits - (-u.log()).log()).argmax(-1)
             return F.one_hot(z, C).to(logits.dtype), None
 
