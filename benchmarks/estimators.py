@@ -18,8 +18,8 @@ then one Markdown table reports, per estimator:
   the reference run (``--reference``, default ``rloo``) after ``t`` steps (``--checkpoints``,
   default 0, half and all of the steps): ``--grad-samples`` gradients of each estimator on one
   fixed mini-batch, the variance over draws summed over every encoder coordinate. Every
-  estimator is measured at the same parameters. RELAX and REBAR first train their own control
-  variate there for ``--cv-steps`` steps (Adam, ``--cv-learning-rate``, fresh batches; every
+  estimator is measured at the same parameters. RELAX, REBAR, Double CV and RODEO first train
+  their own control variate there for ``--cv-steps`` steps (Adam, ``--cv-learning-rate``, fresh batches; every
   other parameter frozen), as in ``benchmarks/gradient_variance.py``; every estimator makes
   ``--warmup-draws`` discarded draws on fresh batches first: ``TraceGraph_ELBO``'s
   decaying-average baseline (one running average per batch slot) starts at 0 and adapts over
@@ -70,7 +70,8 @@ MODELS = {
     "ss_vae": (ss_vae, ss_vae.SSVAE),
 }
 #: the estimators whose particles ``--num-particles`` sets in this benchmark
-PARTICLE_ESTIMATORS = ("trace", "tracegraph", "rloo", "vargrad")
+PARTICLE_ESTIMATORS = ("trace", "tracegraph", "rloo", "vargrad", "vimco", "arms", "double-cv",
+                       "rodeo")
 
 
 def _version(name):
@@ -193,9 +194,10 @@ def train_run(args, estimator, seed, data, checkpoints=()):
 
 
 def _cv_training(experiment, steps, lr):
-    """Trains RELAX/REBAR's control variate at fixed model and guide parameters."""
+    """Trains the estimator's own control variate (RELAX, REBAR, Double CV, RODEO) at fixed
+    model and guide parameters."""
     elbo = experiment.elbo
-    if not hasattr(elbo, "control_variate") or steps <= 0:
+    if getattr(elbo, "trainable_state", lambda: None)() is None or steps <= 0:
         return
     prefix = elbo.prefix + "."
     optim = pyro.optim.Adam(lambda name: {"lr": lr if name.startswith(prefix) else 0.0})
@@ -312,6 +314,9 @@ def make_table(rows_by_seed, estimators, checkpoints, num_seeds):
         cells += [_cell([r["ms"] for r in runs], ".1f", num_seeds),
                   _cell(ratios, ".2f", num_seeds) if ratios else "—"]
         cells += [_cell([r[k] for r in runs], ".4f", num_seeds) for k in extra]
+        if e == "vimco":  # its loss, so its train column, is the K-sample bound
+            cells[3] += " (K-sample bound)"
+            cells[5] = cells[5].replace(" (", " (K-sample bound; ", 1)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -357,7 +362,8 @@ def main(args):
         f"# log10 Var: encoder-gradient variance summed over coordinates, {args.grad_samples} "
         f"draws on one batch of {probe.batch_size}, at the {args.reference} run's parameters "
         f"after {', '.join(map(str, checkpoints))} steps ({args.warmup_draws} discarded draws "
-        f"first; rebar/relax: control variate trained {args.cv_steps} steps first)",
+        f"first; rebar/relax/double-cv/rodeo: control variate trained {args.cv_steps} steps "
+        f"first)",
         "# train ELBO @ equal evals: the train ELBO (same tail mean) over the steps that cost "
         "as many model evaluations as --num-steps steps of the cheapest estimator (its steps "
         "in parentheses, first seed)",
@@ -430,7 +436,8 @@ def make_parser():
     parser.add_argument("--warmup-draws", type=int, default=30,
                         help="discarded gradient draws before those")
     parser.add_argument("--cv-steps", type=int, default=300,
-                        help="steps training RELAX/REBAR's control variate at a checkpoint")
+                        help="steps training the estimator's own control variate (RELAX, "
+                        "REBAR, Double CV, RODEO) at a checkpoint")
     parser.add_argument("--cv-learning-rate", type=float, default=None,
                         help="Adam learning rate of the control variate (in training runs "
                         "default: the model's --learning-rate; at checkpoints default: 1e-3)")
