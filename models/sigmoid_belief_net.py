@@ -49,7 +49,8 @@ class SigmoidBeliefNet(DiscreteVAE):
     """
 
     latent_kind = "bernoulli"
-    estimators = BERNOULLI_ESTIMATORS
+    # ARMS draws a site's K samples from one probability; q(z2 | z1) has one per particle
+    estimators = tuple(e for e in BERNOULLI_ESTIMATORS if e != "arms")
 
     def __init__(self, pixels, latents, train_mean, output_bias):
         super().__init__(train_mean)
