@@ -182,6 +182,23 @@ def _atoms(model, guide, args, kwargs, quadrature_nodes):
     return discrete, grid, nodes, weights
 
 
+def _atom_traces(model, guide, args, kwargs, quadrature_nodes):
+    """For every atom (a joint configuration of the discrete sites and a quadrature node of
+    the reparameterized sites' noise): ``(node weight, log q of the configuration, model
+    trace, guide trace)``. The configuration's probability uses unscaled densities (scales
+    weight the terms only)."""
+    discrete, grid, nodes, weights = _atoms(model, guide, args, kwargs, quadrature_nodes)
+    for combo in itertools.product(*[list(_configurations(v, fn)) for _, v, fn in discrete]):
+        config = {n: v for (n, _, _), v in zip(discrete, combo)}
+        for point in grid:
+            eps = torch.tensor([math.sqrt(2.0) * nodes[i] for i in point])
+            w = float(np.prod([weights[i] / math.sqrt(math.pi) for i in point]))
+            model_trace, guide_trace = _traces(model, guide, args, kwargs, _Fix(config, eps))
+            log_q = sum((guide_trace.nodes[n]["fn"].log_prob(v).sum() for n, v in config.items()),
+                        torch.tensor(0.0))
+            yield w, log_q, model_trace, guide_trace
+
+
 def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
     """The exact ``-ELBO`` as a differentiable function of the current parameters.
 
@@ -189,19 +206,11 @@ def exact_loss(model, guide, *args, quadrature_nodes=None, **kwargs):
         reparameterized sites (default: 30 for one dimension, else as many as fit in
         :data:`MAX_QUADRATURE_POINTS` points, at least 3: exact for quadratic log-densities).
     """
-    discrete, grid, nodes, weights = _atoms(model, guide, args, kwargs, quadrature_nodes)
     total = 0.0
-    for combo in itertools.product(*[list(_configurations(v, fn)) for _, v, fn in discrete]):
-        config = {n: v for (n, _, _), v in zip(discrete, combo)}
-        for point in grid:
-            eps = torch.tensor([math.sqrt(2.0) * nodes[i] for i in point])
-            w = float(np.prod([weights[i] / math.sqrt(math.pi) for i in point]))
-            model_trace, guide_trace = _traces(model, guide, args, kwargs, _Fix(config, eps))
-            # the probability of the configuration: unscaled densities (scales weight terms only)
-            log_q = sum((guide_trace.nodes[n]["fn"].log_prob(v).sum() for n, v in config.items()),
-                        torch.tensor(0.0))
-            inner = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
-            total = total + w * log_q.exp() * inner
+    for w, log_q, model_trace, guide_trace in _atom_traces(model, guide, args, kwargs,
+                                                           quadrature_nodes):
+        inner = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+        total = total + w * log_q.exp() * inner
     return -total
 
 
@@ -218,18 +227,11 @@ def exact_iwae_loss(model, guide, *args, num_particles=2, quadrature_nodes=None,
     :param int quadrature_nodes: as in :func:`exact_loss` (the tuples number
         ``(configurations x nodes) ** K``: keep programs tiny).
     """
-    discrete, grid, nodes, weights = _atoms(model, guide, args, kwargs, quadrature_nodes)
     log_ws, log_ps, scales = [], [], set()
-    for combo in itertools.product(*[list(_configurations(v, fn)) for _, v, fn in discrete]):
-        config = {n: v for (n, _, _), v in zip(discrete, combo)}
-        for point in grid:
-            eps = torch.tensor([math.sqrt(2.0) * nodes[i] for i in point])
-            w = float(np.prod([weights[i] / math.sqrt(math.pi) for i in point]))
-            model_trace, guide_trace = _traces(model, guide, args, kwargs, _Fix(config, eps))
-            log_ws.append(_cell_log_weight(model_trace, guide_trace, scales))
-            log_q = sum((guide_trace.nodes[n]["fn"].log_prob(v).sum() for n, v in config.items()),
-                        torch.tensor(0.0))
-            log_ps.append(log_q + math.log(w))  # the atom's probability
+    for w, log_q, model_trace, guide_trace in _atom_traces(model, guide, args, kwargs,
+                                                           quadrature_nodes):
+        log_ws.append(_cell_log_weight(model_trace, guide_trace, scales))
+        log_ps.append(log_q + math.log(w))  # the atom's probability
     if len(scales) > 1:
         raise ValueError("exact_iwae_loss: the sites have different scales {}".format(sorted(scales)))
     shape = torch.broadcast_shapes(*[torch.as_tensor(x).shape for x in log_ws])

@@ -122,6 +122,19 @@ class DiscreteELBO(ParticleELBO):
         self.num_particle_evaluations = state["num_particle_evaluations"]
         self.alternatives.load_state_dict(state["alternatives"])
 
+    def refuse_late_state(self, name):
+        """Raises the ``ValueError`` for trainable state of guide site ``name`` that would be
+        created after the first step while ``torch.distributed`` is initialised (it would be
+        in no optimizer and never synchronized); call it before creating such state."""
+        if self.num_steps and torch.distributed.is_available() \
+                and torch.distributed.is_initialized():
+            raise ValueError(
+                "{}: the control variate of guide site '{}' would be created at step {}, "
+                "after the optimizer and DDP were set up, so it would be neither optimized "
+                "nor synchronized across processes; call elbo.setup(model, guide, *args) "
+                "on example arguments before building them".format(
+                    type(self).__name__, name, self.num_steps + 1))
+
     def create_state(self, particles):
         """Creates the trainable state the estimator needs for ``particles`` (see
         :meth:`setup`); nothing by default."""

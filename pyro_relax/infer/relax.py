@@ -202,13 +202,7 @@ class RELAX_ELBO(DiscreteELBO):
         """``(temperature, eta, net)`` of site ``name`` (created on first use: the
         temperature from a relaxed site's own ``temperature`` or the ``temperature`` option)."""
         if name not in self.control_variates:
-            if self.num_steps and _distributed():
-                raise ValueError(
-                    "{}: the control variate of guide site '{}' would be created at step {}, "
-                    "after the optimizer and DDP were set up, so it would be neither optimized "
-                    "nor synchronized across processes; call elbo.setup(model, guide, *args) "
-                    "on example arguments before building them".format(
-                        type(self).__name__, name, self.num_steps + 1))
+            self.refuse_late_state(name)
             init = getattr(base_distribution(fn), "temperature", None)
             mlp = None
             if self.uses_network and self.network is None:
@@ -318,10 +312,6 @@ class REBAR_ELBO(RELAX_ELBO):
                          retain_graph=retain_graph, control_variate="rebar",
                          temperature=temperature, eta=eta, prefix=prefix,
                          vectorize_alternatives=vectorize_alternatives, **kwargs)
-
-
-def _distributed():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _check_options(control_variate, network, temperature, eta, hidden_dims):

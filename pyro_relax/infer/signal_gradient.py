@@ -94,14 +94,7 @@ class SignalGradientELBO(DiscreteELBO):
     def site_parameters(self, name, like):
         """``({scalar: tensor}, net)`` of site ``name``, created on first use."""
         if name not in self._keys:
-            if self.num_steps and torch.distributed.is_available() \
-                    and torch.distributed.is_initialized():
-                raise ValueError(
-                    "{}: the control variate of guide site '{}' would be created at step {}, "
-                    "after the optimizer and DDP were set up, so it would be neither optimized "
-                    "nor synchronized across processes; call elbo.setup(model, guide, *args) "
-                    "on example arguments before building them".format(
-                        type(self).__name__, name, self.num_steps + 1))
+            self.refuse_late_state(name)
             with torch.random.fork_rng(devices=[]):  # the user's random stream stays
                 net = self.make_net()
             if net is not None:
