@@ -95,7 +95,6 @@ def _model_mixing_rows():
     """The model sums over every dim (not just its own): in a batch of alternatives, each
     row's likelihood would read the other rows' values. Nothing raises: only the sample row
     reveals it."""
-    data = torch.tensor([0.3, -1.2, 2.0])
 
     def model():
         locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.5]))
