@@ -146,7 +146,11 @@ class SignalGradientELBO(DiscreteELBO):
             b = node["value"]
             cell = info.logits.shape[: info.logits.dim() - info.event_dim]
             f = expand_to_cells(signals[name], cell)
-            (g,) = torch.autograd.grad(f.sum(), b, retain_graph=True)
+            # None where the signal does not depend on b differentiably (.item(), a Python
+            # branch): the control variates then use g = 0, still unbiased (any g_j that is a
+            # function of sample j alone keeps them so)
+            (g,) = torch.autograd.grad(f.sum(), b, retain_graph=True, allow_unused=True)
+            g = torch.zeros_like(b) if g is None else g
             logits = info.logits
             dim = logits.dim() - self.max_plate_nesting - info.event_dim  # the particle dim
 

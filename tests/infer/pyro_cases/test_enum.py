@@ -27,7 +27,7 @@ from pyro.ops.indexing import Vindex
 
 from pyro_relax.testing import exact_loss
 
-from .common import ELBOS, check_mc, make_small as make
+from .common import ELBOS, make_small as make, mc_failures
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def test_elbo_bern(Elbo, method, scale):
         return q.grad / num_particles
 
     expected = kl.item() * scale if method == "loss" else grad(kl, [q])[0] * scale
-    check_mc(run, 10000, expected, prec)
+    failures = mc_failures(run, 10000, expected, prec)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("method", ["loss", "differentiable_loss", "loss_and_grads"])
@@ -96,7 +97,8 @@ def test_elbo_normal(Elbo, method):
         return q.grad / num_particles
 
     expected = kl.item() if method == "loss" else grad(kl, [q])[0]
-    check_mc(run, 10000, expected, prec)
+    failures = mc_failures(run, 10000, expected, prec)
+    assert not failures, "\n".join(failures)
 
 
 def _vectorized_run(Elbo, method, model, guide, q):
@@ -135,8 +137,9 @@ def test_elbo_bern_bern(Elbo, method):
     kl = sum(kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p)) for p in [0.2, 0.4])
     expected_loss = kl.item()
     expected_grad = grad(kl, [q])[0]
-    check_mc(_vectorized_run(Elbo, method, model, guide, q), num_particles,
-             (expected_loss, expected_grad), prec)
+    failures = mc_failures(_vectorized_run(Elbo, method, model, guide, q), num_particles,
+                           (expected_loss, expected_grad), prec)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("method", ["differentiable_loss", "loss_and_grads"])
@@ -161,8 +164,9 @@ def test_elbo_berns(Elbo, method):
     kl = sum(kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p)) for p in [0.1, 0.2, 0.3])
     expected_loss = kl.item()
     expected_grad = grad(kl, [q])[0]
-    check_mc(_vectorized_run(Elbo, method, model, guide, q), num_particles,
-             (expected_loss, expected_grad), prec)
+    failures = mc_failures(_vectorized_run(Elbo, method, model, guide, q), num_particles,
+                           (expected_loss, expected_grad), prec)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("method", ["differentiable_loss", "loss_and_grads"])
@@ -187,8 +191,9 @@ def test_elbo_normals(Elbo, method):
     kl = sum(kl_divergence(dist.Normal(q, 1.0), dist.Normal(p, 1.0)) for p in [0.25, 0.5, 1.0])
     expected_loss = kl.item()
     expected_grad = grad(kl, [q])[0]
-    check_mc(_vectorized_run(Elbo, method, model, guide, q), num_particles,
-             (expected_loss, expected_grad), prec)
+    failures = mc_failures(_vectorized_run(Elbo, method, model, guide, q), num_particles,
+                           (expected_loss, expected_grad), prec)
+    assert not failures, "\n".join(failures)
 
 
 def _plate_run(Elbo, program, q):
@@ -232,7 +237,8 @@ def test_elbo_plate(Elbo, plate_dim):
         return model, guide
 
     kl = (1 + plate_dim) * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
-    check_mc(_plate_run(Elbo, program, q), 10000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    failures = mc_failures(_plate_run(Elbo, program, q), 10000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("plate_dim", [1, 2])
@@ -259,7 +265,8 @@ def test_elbo_iplate(Elbo, plate_dim):
         return model, guide
 
     kl = (1 + plate_dim) * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
-    check_mc(_plate_run(Elbo, program, q), 20000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    failures = mc_failures(_plate_run(Elbo, program, q), 20000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("inner_dim", [2])
@@ -297,8 +304,9 @@ def test_elbo_plate_plate(Elbo, outer_dim, inner_dim):
 
     kl_node = kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
     kl = (1 + outer_dim + inner_dim + outer_dim * inner_dim) * kl_node
-    check_mc(_vectorized_run(Elbo, "loss_and_grads", model, guide, q), num_particles,
-             (kl.item(), grad(kl, [q])[0]), 0.1)
+    failures = mc_failures(_vectorized_run(Elbo, "loss_and_grads", model, guide, q), num_particles,
+                           (kl.item(), grad(kl, [q])[0]), 0.1)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("inner_dim", [2])
@@ -332,7 +340,8 @@ def test_elbo_plate_iplate(Elbo, outer_dim, inner_dim):
         return model, guide
 
     kl = (1 + outer_dim * (1 + inner_dim)) * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
-    check_mc(_plate_run(Elbo, program, q), 100000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    failures = mc_failures(_plate_run(Elbo, program, q), 100000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("inner_dim", [2])
@@ -368,7 +377,8 @@ def test_elbo_iplate_plate(Elbo, outer_dim, inner_dim):
         return model, guide
 
     kl = (1 + outer_dim * (1 + inner_dim)) * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
-    check_mc(_plate_run(Elbo, program, q), 50000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    failures = mc_failures(_plate_run(Elbo, program, q), 50000, (kl.item(), grad(kl, [q])[0]), 0.1)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("inner_dim", [2])
@@ -404,7 +414,8 @@ def test_elbo_iplate_iplate(Elbo, outer_dim, inner_dim):
         return model, guide
 
     kl = (1 + outer_dim * (1 + inner_dim)) * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(p))
-    check_mc(_plate_run(Elbo, program, q), 150000, (kl.item(), grad(kl, [q])[0]), (0.1, 0.2))
+    failures = mc_failures(_plate_run(Elbo, program, q), 150000, (kl.item(), grad(kl, [q])[0]), (0.1, 0.2))
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("pi1", [0.33, 0.43])
@@ -441,7 +452,8 @@ def test_non_mean_field_bern_bern_elbo_gradient(Elbo, pi1, pi2):
     elbo = elbo + (1.0 - q1) * kl_divergence(dist.Bernoulli(0.10), dist.Bernoulli(0.10))
     expected_grad_q1, expected_grad_q2 = grad(elbo, [q1, q2])
 
-    check_mc(run, 20000, (expected_grad_q1, expected_grad_q2), 0.03)
+    failures = mc_failures(run, 20000, (expected_grad_q1, expected_grad_q2), 0.03)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("pi1", [0.33, 0.44])
@@ -484,7 +496,8 @@ def test_non_mean_field_bern_normal_elbo_gradient(Elbo, pi1, pi2, pi3):
     elbo = elbo + (1.0 - q1) * kl_divergence(dist.Normal(0.10, 1.0), dist.Normal(q3, 1.0))
     expected = grad(elbo, [q1, q2, q3])
 
-    check_mc(run, 10000, expected, 0.04)
+    failures = mc_failures(run, 10000, expected, 0.04)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("pi1", [0.33, 0.41])
@@ -523,7 +536,8 @@ def test_non_mean_field_normal_bern_elbo_gradient(Elbo, pi1, pi2, pi3):
         elbo.loss_and_grads(model, guide, num_particles)
         return tuple(pyro.param(q).grad / num_particles for q in qs)
 
-    check_mc(run, 30000, expected, 0.03)
+    failures = mc_failures(run, 30000, expected, 0.03)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("Elbo", ELBOS)
@@ -553,7 +567,8 @@ def test_elbo_rsvi(Elbo):
         elbo.loss_and_grads(model, guide)
         return q.grad / num_particles, a.grad / num_particles
 
-    check_mc(run, 40000, (grad(kl1, [q])[0], grad(kl2, [a])[0]), prec)
+    failures = mc_failures(run, 40000, (grad(kl1, [q])[0], grad(kl2, [a])[0]), prec)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("num_samples", [10000, 100000])
@@ -600,5 +615,7 @@ def test_vectorized_importance(Elbo, num_samples):
     def elbo(n):
         return -make(Elbo, vectorize_particles=True, num_particles=n).loss(model, guide)
 
-    check_mc(weights, num_samples, exact, 0.02)
-    check_mc(elbo, num_samples, exact, 0.02)
+    failures = mc_failures(weights, num_samples, exact, 0.02)
+    assert not failures, "\n".join(failures)
+    failures = mc_failures(elbo, num_samples, exact, 0.02)
+    assert not failures, "\n".join(failures)
